@@ -1,0 +1,166 @@
+"""Finding, verifying and safely reading checkpoint files.
+
+A ``.pth`` from the internet is a pickle, i.e. a program. Files are read with
+``torch.load(weights_only=True)`` (tensors, containers and primitives only; ``argparse.Namespace``
+is allow-listed because the reference codebases' own ``save_model`` stores ``args``) or with
+safetensors. Anything else is refused before a single object of it is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pickle
+import shutil
+import urllib.error
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+
+from .registry import BackboneSpec
+
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used as it is; the message names the file and the fix."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: torch.hub's cache, ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def file_digest(path: str | Path, algo: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checksum(path: Path, expected: str) -> str:
+    """Check ``path`` against ``"<algo>:<hex or hex prefix>"``; returns the digest, raises on mismatch."""
+    algo, _, want = expected.partition(":")
+    got = file_digest(path, algo)
+    if not got.startswith(want.lower()):
+        raise CheckpointError(
+            f"checksum mismatch for {path}: {algo} is {got}, expected {want}... "
+            "The file is corrupt, truncated or not the official one: delete it and download it again."
+        )
+    return got
+
+
+def offline_message(spec: BackboneSpec, target: Path, reason: str) -> str:
+    checksum = spec.checksum or "none published"
+    return (
+        f"could not download the weights of {spec.name} ({reason}).\n"
+        f"  URL:       {spec.url}\n"
+        f"  file name: {spec.file}\n"
+        f"  checksum:  {checksum}\n"
+        f"Download it where you have network and put it at\n  {target}\n"
+        f"or pass --weights /path/to/{spec.file}."
+    )
+
+
+def fetch_weights(spec: BackboneSpec, progress: bool = True) -> Path:
+    """The official file of ``spec`` from the cache, downloading it once; checksum verified."""
+    if spec.url is None:
+        raise CheckpointError(f"{spec.name} has no public weights ({spec.provenance}); pass --weights PATH")
+    target = cache_dir() / spec.file
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Writes to a temp file and renames, so a broken download never looks like a cached file.
+            torch.hub.download_url_to_file(spec.url, str(target), progress=progress)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise CheckpointError(offline_message(spec, target, f"{type(err).__name__}: {err}")) from err
+    if spec.checksum:
+        try:
+            verify_checksum(target, spec.checksum)
+        except CheckpointError:
+            bad = target.with_name(target.name + ".bad")
+            shutil.move(target, bad)
+            raise CheckpointError(
+                f"checksum mismatch for the download of {spec.name} from {spec.url} "
+                f"(expected {spec.checksum}); moved the file to {bad}. Download it again or pass --weights."
+            ) from None
+    return target
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> tuple[Path, dict[str, Any]]:
+    """The file to load and what is known of its integrity.
+
+    A user-supplied file carrying the official file name claims to be that file and is checked
+    against the published checksum; any other file (a fine-tuned or self-pretrained model) is the
+    user's own and only has its sha256 recorded.
+    """
+    if weights is None:
+        path = fetch_weights(spec)
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"--weights {path}: no such file")
+    info: dict[str, Any] = {
+        "path": str(path.resolve()),
+        "sha256": file_digest(path),
+        "expected": spec.checksum,
+    }
+    if spec.checksum and path.name == spec.file:
+        verify_checksum(path, spec.checksum)
+        info["verified"] = True
+    elif spec.checksum:
+        info["verified"] = False
+        info["why_unverified"] = f"not the official file name {spec.file}: treated as the user's own weights"
+    else:
+        info["verified"] = False
+        info["why_unverified"] = "the publisher gives no checksum for this file"
+    return path, info
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The object stored in a checkpoint, read without executing anything.
+
+    ``.safetensors`` -> flat tensor dict; anything else -> ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    if path.suffix == ".npz":
+        raise CheckpointError(
+            f"{path}: JAX .npz checkpoints are not read by this suite; use the timm hub .safetensors file "
+            "of the same model (see `run_bench.py --list-backbones`)"
+        )
+    if path.suffix == ".safetensors":
+        try:
+            return load_safetensors(str(path), device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err}); download it again") from err
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(unsafe_pickle_message(path, err)) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(
+            f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            "It is probably truncated or corrupt: download it again."
+        ) from err
+
+
+def unsafe_pickle_message(path: Path, err: Exception) -> str:
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # the scan is best effort: the refusal stands either way
+        found = []
+    names = ", ".join(found) if found else str(err).splitlines()[0]
+    return (
+        f"{path}: refused. Loading it would need arbitrary unpickling ({names}), which can run code; "
+        "nothing in it was executed. Official checkpoints hold only tensors and plain containers: "
+        "get the file from its official URL, or re-save its state_dict with tensors only "
+        f"(and check it with torch.serialization.get_unsafe_globals_in_checkpoint('{os.fspath(path)}'))."
+    )

@@ -1,0 +1,106 @@
+"""run_bench.py: --list-backbones and the --dry-run load report, as a user runs them."""
+
+import json
+import subprocess
+import sys
+
+import official_layouts as L
+import pytest
+import torch
+from conftest import ROOT
+from official_layouts import VIT_B
+
+from backbones import zoo
+
+REQUIRED = [
+    "mae_vit_b", "mae_vit_l", "mae_vit_h", "sup_vit_b", "sup_vit_l", "sup21k_vit_b", "sup21k_vit_l",
+    "mocov3_vit_b", "beit_vit_b", "beit22k_vit_b", "beit22k_vit_l",
+    "random_vit_b", "random_vit_l", "random_vit_h", "random_vit_tiny", "random_vit_small",
+]  # fmt: skip
+
+
+def run(*args, check=True):
+    proc = subprocess.run([sys.executable, "run_bench.py", *args], cwd=ROOT, capture_output=True, text=True)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_zoo_entries_are_complete():
+    specs = zoo()
+    assert set(REQUIRED) <= set(specs)
+    for s in specs.values():
+        assert (s.url is None) == (s.file is None) or s.url is None, s.name
+        if s.pretrain == "mae" and s.url:
+            assert s.provenance == "paper"
+        if s.pretrain not in ("mae", "random"):
+            assert s.is_stand_in, f"{s.name} must be marked as a stand-in"
+
+
+def test_list_backbones():
+    out = run("--list-backbones").stdout
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert set(REQUIRED) <= set(lines)
+    assert "md5:8cad7c" in lines["mae_vit_b"] and "mae_pretrain_vit_base.pth" in lines["mae_vit_b"]
+    assert "stand-in" in lines["sup_vit_b"] and "sha256:b5f2ef4d" in lines["sup_vit_b"]
+    assert "none published" in lines["mocov3_vit_b"] and "stand-in" in lines["beit22k_vit_l"]
+
+
+def test_dry_run_mae_vit_b_vitdet(tmp_path):
+    weights = tmp_path / "my_mae_b.pth"
+    torch.save(L.mae_pretrain(VIT_B), weights)
+    out = tmp_path / "run"
+    proc = run("--task", "coco_det", "--backbone", "mae_vit_b", "--weights", str(weights), "--dry-run",
+               "--output-dir", str(out))  # fmt: skip
+    assert "loaded 146  resized 1  new 24  unused 3" in proc.stdout
+    report = json.loads((out / "load_report.json").read_text())
+    assert report["resized"] == {"pos_embed": {"from": [1, 197, 768], "to": [1, 196, 768], "how": "cls slot dropped"}}
+    assert set(report["new"]) == {f"blocks.{i}.attn.rel_pos_{a}" for i in range(12) for a in "hw"}
+    assert report["new"]["blocks.2.attn.rel_pos_h"] == [127, 64]  # global block on the 64x64 grid
+    assert report["new"]["blocks.0.attn.rel_pos_h"] == [27, 64]  # 14x14 window
+    assert set(report["unused"]) == {"cls_token", "norm.weight", "norm.bias"}
+    assert report["weights"]["sha256"] and report["weights"]["verified"] is False
+    assert report["num_params_backbone"] == report["num_params"] > 85_000_000
+    assert report["encoder"]["global_blocks"] == [2, 5, 8, 11] and report["task"] == "coco_det"
+
+
+def test_dry_run_upernet_resizes_pos_embed(tmp_path):
+    weights = tmp_path / "deit_tiny.pth"
+    size = L.Size(dim=192, depth=12, heads=3)
+    torch.save(L.mae_pretrain(size), weights)
+    out = tmp_path / "run"
+    run("--task", "ade20k_seg", "--backbone", "mae_vit_tiny", "--weights", str(weights), "--dry-run",
+        "--output-dir", str(out))  # fmt: skip
+    report = json.loads((out / "load_report.json").read_text())
+    assert report["resized"]["pos_embed"]["to"] == [1, 1025, 192]
+    assert "bicubic 14x14 -> 32x32" in report["resized"]["pos_embed"]["how"]
+    assert report["new"]["blocks.0.attn.relative_position_bias_table"] == [63 * 63 + 3, 3]
+    assert report["new"]["blocks.0.ls1.gamma"] == [192]
+
+
+def test_dry_run_random_needs_no_weights(tmp_path):
+    run("--task", "coco_det", "--backbone", "random_vit_tiny", "--dry-run", "--output-dir", str(tmp_path))
+    report = json.loads((tmp_path / "load_report.json").read_text())
+    assert report["weights"] is None and not report["loaded"] and len(report["new"]) > 100
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (
+            ["--task", "coco_det", "--backbone", "mae_vit_z", "--dry-run"],
+            "unknown backbone 'mae_vit_z'; registered:",
+        ),
+        (
+            ["--task", "coco_det", "--backbone", "mae_vit_b", "--weights", "/no/such.pth", "--dry-run"],
+            "no such file",
+        ),
+        (
+            ["--task", "ade20k_seg", "--backbone", "mae_vit_h", "--dry-run"],
+            "no upernet config for a vit_huge",
+        ),
+    ],
+)
+def test_errors_exit_2_with_a_message(args, message):
+    proc = run(*args, check=False)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
