@@ -171,6 +171,7 @@ class VisionTransformer(nn.Module):
         window_size, global_blocks: window attention in every block except ``global_blocks``
             (0-based); ``window_size=0`` means global attention everywhere.
         rel_pos: None, "decomposed" (ViTDet) or "bias_table" (BEiT), in every block.
+        rel_pos_shared: share the relative position tensor among window blocks and among global blocks.
         drop_path_rate: stochastic depth, linear from 0 to this value over the blocks.
         grad_checkpointing: recompute each block in the backward pass to save activation memory.
     """
@@ -195,6 +196,7 @@ class VisionTransformer(nn.Module):
         window_size: int = 0,
         global_blocks: Sequence[int] = (),
         rel_pos: str | None = None,
+        rel_pos_shared: bool = False,
         drop_path_rate: float = 0.0,
         grad_checkpointing: bool = False,
     ):
@@ -240,6 +242,20 @@ class VisionTransformer(nn.Module):
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if final_norm else nn.Identity()
         self.init_weights()
+        if rel_pos_shared:
+            self.share_relative_position(global_blocks)
+
+    def share_relative_position(self, global_blocks: set[int]) -> None:
+        """One relative-position tensor for all window blocks and one for all global blocks (Li et al.).
+
+        The blocks hold the same Parameter; it is listed under each block in the state dict.
+        """
+        window = [b for i, b in enumerate(self.blocks) if i not in global_blocks]
+        glob = [b for i, b in enumerate(self.blocks) if i in global_blocks]
+        for group in (window, glob):
+            for block in group[1:]:
+                for name, param in group[0].attn.named_parameters(recurse=False):
+                    setattr(block.attn, name, param)
 
     def init_weights(self) -> None:
         """timm's ViT init: the random-init baselines start from this."""

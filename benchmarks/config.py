@@ -32,12 +32,70 @@ def available_configs(task: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / task).glob("*.yaml"))
 
 
+# Config variants by pretraining (ViTDet Table 11, Li et al.): looked up before the size's default.
+VARIANTS = {"supervised_in1k": "supervised", "supervised_in21k": "supervised", "random": "random", "mocov3": "mocov3"}
+
+
 def default_config_path(task: str, protocol: str, spec: BackboneSpec) -> Path:
-    """``configs/<task>/<protocol>_vit_<size>.yaml`` for the backbone's size."""
-    path = CONFIG_DIR / task / f"{protocol}_vit_{spec.size}.yaml"
+    """``configs/<task>/<protocol>_vit_<size>[_<variant>].yaml`` for the backbone's size and pretraining."""
+    stem = CONFIG_DIR / task / f"{protocol}_vit_{spec.size}"
+    variant = VARIANTS.get(spec.pretrain)
+    if variant and stem.with_name(f"{stem.name}_{variant}.yaml").is_file():
+        return stem.with_name(f"{stem.name}_{variant}.yaml")
+    path = stem.with_suffix(".yaml")
     if not path.is_file():
         raise ConfigError(
             f"no {protocol} config for a {spec.arch} backbone ({path}); "
             f"configs for {task}: {', '.join(available_configs(task)) or 'none'}"
         )
+    return path
+
+
+def apply_overrides(cfg: DictConfig, opts: list[str]) -> DictConfig:
+    """``key=value`` overrides (``train.iterations=20``). Unknown keys and values of another type are errors.
+
+    Values are parsed as YAML scalars/lists (never evaluated as code).
+    """
+    for opt in opts:
+        key, sep, text = opt.partition("=")
+        if not sep:
+            raise ConfigError(f"--opts {opt!r}: expected key=value")
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            known = sorted(node.keys()) if isinstance(node, DictConfig) else []
+            raise ConfigError(f"--opts {key}: no such config key; keys at {parent or 'top level'}: {known}")
+        old = OmegaConf.select(cfg, key)
+        new = OmegaConf.create({"v": yaml_value(text)}).v
+        if not _same_kind(old, new):
+            raise ConfigError(f"--opts {key}={text}: expected a {type(old).__name__} like {old!r}")
+        OmegaConf.update(cfg, key, new, merge=False)
+    return cfg
+
+
+_MISSING = object()
+
+
+def yaml_value(text: str):
+    return OmegaConf.create(f"v: {text}").v if text else ""
+
+
+def _same_kind(old, new) -> bool:
+    if old is None or new is None:
+        return True
+    if isinstance(old, bool) or isinstance(new, bool):
+        return isinstance(old, bool) and isinstance(new, bool)
+    if isinstance(old, int | float) and isinstance(new, int | float):
+        return not (isinstance(old, int) and isinstance(new, float))
+    if isinstance(old, DictConfig | dict):
+        return isinstance(new, DictConfig | dict)
+    if OmegaConf.is_list(old) or isinstance(old, list):
+        return OmegaConf.is_list(new) or isinstance(new, list)
+    return type(old) is type(new)
+
+
+def preset_config_path(task: str, preset: str) -> Path:
+    path = CONFIG_DIR / task / f"{preset}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no preset {preset!r} for {task} ({path}); configs: {', '.join(available_configs(task))}")
     return path

@@ -1,14 +1,16 @@
-"""The benchmark tasks the CLI knows, and how each builds its model around an encoder.
+"""The benchmark tasks the CLI knows.
 
-Until the COCO and ADE20K tasks land, a task builds only its protocol's backbone (that is what
-``--dry-run`` checks); ``build_model`` then returns the encoder itself and says so.
+A task module provides ``data_root(cfg, data_root, info)``, ``build_model(cfg, encoder, root)``,
+``train_dataset(cfg, root)`` and ``evaluate(cfg, model, root, run_dir, info, amp_dtype)``. A task
+without a module so far builds only its protocol's backbone (``--dry-run``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
-from torch import nn
+from .coco import task as coco_task
 
 
 @dataclass(frozen=True)
@@ -16,15 +18,21 @@ class Task:
     name: str
     default_protocol: str
     description: str
-    model_built: bool = False  # False: only the protocol's backbone exists so far
+    module: ModuleType | None = None
 
-    def build_model(self, cfg, encoder: nn.Module) -> nn.Module:
-        return encoder
+    @property
+    def model_built(self) -> bool:
+        return self.module is not None
+
+    def build_model(self, cfg, encoder, root=None):
+        return self.module.build_model(cfg, encoder, root) if self.module else encoder
 
 
 TASKS = {
-    "coco_det": Task("coco_det", "vitdet", "COCO detection + instance segmentation, Mask R-CNN (box/mask AP)"),
-    "ade20k_seg": Task("ade20k_seg", "upernet", "ADE20K semantic segmentation, UperNet (mIoU)"),
+    "coco_det": Task(
+        "coco_det", "vitdet", "COCO detection + instance segmentation, Mask R-CNN (box/mask AP)", coco_task
+    ),
+    "ade20k_seg": Task("ade20k_seg", "upernet", "ADE20K semantic segmentation, UperNet (mIoU) [backbone only so far]"),
 }
 
 

@@ -52,15 +52,22 @@ def test_dry_run_mae_vit_b_vitdet(tmp_path):
     out = tmp_path / "run"
     proc = run("--task", "coco_det", "--backbone", "mae_vit_b", "--weights", str(weights), "--dry-run",
                "--output-dir", str(out))  # fmt: skip
-    assert "loaded 146  resized 1  new 24  unused 3" in proc.stdout
+    assert "loaded 146  resized 1" in proc.stdout and "unused 3" in proc.stdout
     report = json.loads((out / "load_report.json").read_text())
-    assert report["resized"] == {"pos_embed": {"from": [1, 197, 768], "to": [1, 196, 768], "how": "cls slot dropped"}}
-    assert set(report["new"]) == {f"blocks.{i}.attn.rel_pos_{a}" for i in range(12) for a in "hw"}
-    assert report["new"]["blocks.2.attn.rel_pos_h"] == [127, 64]  # global block on the 64x64 grid
-    assert report["new"]["blocks.0.attn.rel_pos_h"] == [27, 64]  # 14x14 window
+    enc = "backbone.encoder."
+    assert report["resized"] == {
+        enc + "pos_embed": {"from": [1, 197, 768], "to": [1, 196, 768], "how": "cls slot dropped"}
+    }
+    rel_pos = {f"{enc}blocks.{i}.attn.rel_pos_{a}" for i in range(12) for a in "hw"}
+    assert rel_pos <= set(report["new"])
+    assert all(k.startswith(("backbone.", "rpn.", "roi_heads.")) for k in report["new"])
+    assert not any(k.startswith(enc) for k in set(report["new"]) - rel_pos)  # no encoder weight left random
+    assert report["new"][enc + "blocks.2.attn.rel_pos_h"] == [127, 64]  # global block on the 64x64 grid
+    assert report["new"][enc + "blocks.0.attn.rel_pos_h"] == [27, 64]  # 14x14 window
     assert set(report["unused"]) == {"cls_token", "norm.weight", "norm.bias"}
     assert report["weights"]["sha256"] and report["weights"]["verified"] is False
-    assert report["num_params_backbone"] == report["num_params"] > 85_000_000
+    assert abs(report["num_params"] - 111e6) / 111e6 < 0.01
+    assert report["num_params_backbone"] == 85_888_256
     assert report["encoder"]["global_blocks"] == [2, 5, 8, 11] and report["task"] == "coco_det"
 
 

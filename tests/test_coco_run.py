@@ -1,0 +1,124 @@
+"""End-to-end coco_det runs on CPU: kill-and-resume equality, DDP on 2 gloo processes, the real sample."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT
+
+SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
+
+
+def tiny_opts(tmp_path, iterations=12, period=3):
+    return [
+        "backbone.img_size=128", "data.canvas=128", "backbone.window_size=4",
+        f"data.synthetic.root={tmp_path / 'syn'}", "data.synthetic.num_train=16", "data.synthetic.num_val=4",
+        "data.workers=1", f"train.iterations={iterations}", f"train.checkpoint_period={period}",
+        "train.images_per_batch=2", "train.log_period=1", "train.schedule.warmup_iters=2",
+        f"train.schedule.steps=[{iterations - 2}]", "test.images_per_batch=2",
+    ]  # fmt: skip
+
+
+def cli(out, opts, *extra):
+    return [sys.executable, "run_bench.py", "--task", "coco_det", "--backbone", "random_vit_tiny", "--preset", "cpu",
+            "--output-dir", str(out), "--device", "cpu", *extra, "--opts", *opts]  # fmt: skip
+
+
+def run(cmd, **kw):
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, **kw)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def final_state(run_dir):
+    return torch.load(run_dir / "last_checkpoint.pth", weights_only=True)
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    opts = tiny_opts(tmp_path)
+    run(cli(tmp_path / "straight", opts))
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cli(killed, opts), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "last_checkpoint.pth").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    interrupted_at = final_state(killed)["iteration"]
+    assert 0 < interrupted_at < 12 and not (killed / "metrics.json").exists()
+
+    refused = subprocess.run(cli(killed, opts), cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr  # never overwrite a run silently
+    run(cli(killed, opts, "--resume"))
+
+    a, b = final_state(tmp_path / "straight"), final_state(killed)
+    assert a["iteration"] == b["iteration"] == 12
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    ma = json.loads((tmp_path / "straight" / "metrics.json").read_text())["metrics"]
+    mb = json.loads((killed / "metrics.json").read_text())["metrics"]
+    assert ma == mb
+    logs = [json.loads(line) for line in (killed / "train_log.jsonl").read_text().splitlines()]
+    straight = [json.loads(line) for line in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
+    assert logs[-1]["loss"] == straight[-1]["loss"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_gloo_processes(tmp_path):
+    opts = tiny_opts(tmp_path, iterations=4, period=2)
+    out = tmp_path / "ddp"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_addr", "127.0.0.1", "--master_port", str(free_port())]  # fmt: skip
+    proc = run(torchrun + cli(out, opts)[1:], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = (out / "log.txt").read_text()
+    assert "parameters identical on 2 ranks" in log, proc.stderr[-2000:]
+    two = json.loads((out / "coco_results.json").read_text())
+    metrics_two = json.loads((out / "metrics.json").read_text())
+    assert metrics_two["world_size"] == 2
+
+    run(cli(out, opts, "--eval-only"))  # the same checkpoint, evaluated by one process
+    one = json.loads((out / "coco_results.json").read_text())
+    assert len(one) == len(two) > 0
+
+    def scores_by_image(results):  # equal up to float noise: 1 vs 2 threads and other batch mates
+        out = {}
+        for r in results:
+            out.setdefault(r["image_id"], []).append(r["score"])
+        return {k: sorted(v) for k, v in out.items()}
+
+    a, b = scores_by_image(one), scores_by_image(two)
+    assert a.keys() == b.keys()
+    for image_id in a:
+        assert a[image_id] == pytest.approx(b[image_id], abs=1e-3), image_id
+    metrics_one = json.loads((out / "metrics.json").read_text())["metrics"]
+    for key, value in metrics_two["metrics"].items():
+        assert metrics_one[key] == pytest.approx(value, abs=0.5), key
+
+
+@pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/coco_sample is not here")
+def test_twenty_iterations_on_the_real_sample_lower_the_loss(tmp_path):
+    opts = ["train.iterations=20", "train.log_period=1", "train.checkpoint_period=20",
+            "train.images_per_batch=2", "train.schedule.warmup_iters=2", "train.schedule.steps=[19]",
+            "optim.lr=2e-4", "data.workers=1", "backbone.img_size=192", "data.canvas=192",
+            "backbone.window_size=4", "test.images_per_batch=4"]  # fmt: skip
+    out = tmp_path / "sample"
+    run(cli(out, opts, "--data-root", str(SAMPLE)))
+    losses = [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(losses) == 20
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["dataset"] == str(SAMPLE) and set(metrics["metrics"]) >= {"box_AP", "mask_AP", "box_AR100"}
+    report = json.loads((out / "load_report.json").read_text())
+    assert report["new"]["roi_heads.box_predictor.cls_score.weight"] == [81, 512]

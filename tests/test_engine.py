@@ -1,0 +1,101 @@
+"""The shared engine: schedules, the resumable data stream, overrides, non-finite losses."""
+
+import math
+from itertools import islice
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from backbones import VisionTransformer
+from benchmarks.config import ConfigError, apply_overrides
+from benchmarks.engine.data import InfiniteSeededSampler
+from benchmarks.engine.distributed import DistInfo
+from benchmarks.engine.schedule import lr_factor
+from benchmarks.engine.trainer import NonFiniteLoss, train
+
+
+def sched(**kw):
+    return OmegaConf.create(kw)
+
+
+def test_multistep_with_warmup_matches_detectron2():
+    s = sched(name="multistep", steps=[163889, 177546], gamma=0.1, warmup_iters=250, warmup_factor=0.001)
+    assert lr_factor(0, 184375, s) == pytest.approx(0.001)
+    assert lr_factor(125, 184375, s) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert lr_factor(250, 184375, s) == 1.0
+    assert lr_factor(163888, 184375, s) == 1.0 and lr_factor(163889, 184375, s) == pytest.approx(0.1)
+    assert lr_factor(184374, 184375, s) == pytest.approx(0.01)
+
+
+def test_cosine_and_poly():
+    cos = sched(name="cosine", warmup_iters=0)
+    assert lr_factor(0, 100, cos) == 1.0 and lr_factor(50, 100, cos) == pytest.approx(0.5)
+    assert lr_factor(100, 100, cos) == pytest.approx(0.0, abs=1e-12)
+    poly = sched(name="poly", power=1.0, warmup_iters=1500, warmup_factor=1e-6, poly_begin=1500)
+    assert lr_factor(0, 160000, poly) == pytest.approx(1e-6)
+    assert lr_factor(80750, 160000, poly) == pytest.approx(0.5)
+
+
+def test_sampler_resumes_mid_stream_and_splits_ranks():
+    stream = list(islice(InfiniteSeededSampler(7, seed=3), 20))
+    assert list(islice(InfiniteSeededSampler(7, seed=3, start=9), 11)) == stream[9:]
+    epoch0 = sorted(i for i, _ in stream[:7])
+    assert epoch0 == list(range(7))  # each epoch is a permutation
+    r0 = InfiniteSeededSampler(7, seed=3, rank=0, world_size=2)
+    r1 = InfiniteSeededSampler(7, seed=3, rank=1, world_size=2)
+    interleaved = [x for pair in islice(zip(r0, r1, strict=False), 10) for x in pair]
+    assert interleaved == stream
+
+
+def test_overrides_are_type_checked():
+    cfg = OmegaConf.create({"train": {"iterations": 10, "lr": 0.1, "amp": "bf16", "steps": [1, 2], "on": False}})
+    apply_overrides(cfg, ["train.iterations=20", "train.lr=1e-4", "train.steps=[3, 4]", "train.on=true"])
+    assert cfg.train.iterations == 20 and cfg.train.lr == 1e-4 and list(cfg.train.steps) == [3, 4] and cfg.train.on
+    with pytest.raises(ConfigError, match="no such config key"):
+        apply_overrides(cfg, ["train.iteratons=5"])
+    with pytest.raises(ConfigError, match="expected a int"):
+        apply_overrides(cfg, ["train.iterations=abc"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(cfg, ["train.iterations"])
+
+
+class ExplodingModel(nn.Module):
+    """Finite losses for two iterations, then NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = VisionTransformer(embed_dim=12, depth=2, num_heads=2, img_size=32)
+        self.calls = 0
+
+    def forward(self, images, targets):
+        self.calls += 1
+        loss = self.backbone(torch.stack(images)).mean()
+        return {"loss_a": loss, "loss_b": loss * (math.nan if self.calls > 2 else 1.0)}
+
+
+class Images(torch.utils.data.Dataset):
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, i):
+        return torch.full((3, 32, 32), i, dtype=torch.uint8), {}
+
+
+def test_non_finite_loss_stops_with_iteration_terms_and_checkpoint(tmp_path: Path):
+    cfg = OmegaConf.create(
+        {
+            "data": {"workers": 0},
+            "optim": {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0, "layer_decay": 1.0, "wd_policy": "mae"},
+            "train": {"seed": 0, "iterations": 5, "images_per_batch": 2, "log_period": 1, "checkpoint_period": 1,
+                      "schedule": {"name": "constant"}},
+        }
+    )  # fmt: skip
+    model = ExplodingModel()
+    with pytest.raises(NonFiniteLoss) as err:
+        train(cfg, model, model.backbone, Images(), tmp_path, DistInfo(), resume=False)
+    msg = str(err.value)
+    assert "iteration 2" in msg and "loss_b=nan" in msg and str(tmp_path / "last_checkpoint.pth") in msg
+    assert torch.load(tmp_path / "last_checkpoint.pth", weights_only=True)["iteration"] == 2
