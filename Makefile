@@ -14,8 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) run_bench.py --list-backbones
-	$(PY) run_bench.py --task coco_det --backbone random_vit_b --dry-run --output-dir runs/demo
+	$(PY) run_bench.py --task coco_det --backbone random_vit_tiny --preset cpu
 
 test: $(STAMP)
 	$(PY) -m ruff check .

@@ -58,7 +58,7 @@ def to_coco_results(outputs: list[dict], image_ids: list[int], coco_id_of, mask_
 
 
 def evaluate_results(annotation_file: str | Path, results: list[dict], out_dir: Path | None = None,
-                     backend: str | None = None, iou_types=("bbox", "segm")) -> dict[str, float]:  # fmt: skip
+                     backend: str | None = None, iou_types=("bbox", "segm")) -> dict[str, float | None]:  # fmt: skip
     """COCOeval on ``results``; returns ``{box_AP, box_AP50, …, mask_AP, …}`` in percent.
 
     Writes ``coco_results.json`` and ``per_category_ap.csv`` into ``out_dir`` when given.
@@ -81,7 +81,9 @@ def evaluate_results(annotation_file: str | Path, results: list[dict], out_dir: 
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        metrics |= {f"{prefix}_{s}": 100.0 * float(v) for s, v in zip(STAT_NAMES, ev.stats, strict=False)}
+        # COCOeval's -1 means "no ground truth in this area range": null, not -100.
+        stats = zip(STAT_NAMES, ev.stats, strict=False)
+        metrics |= {f"{prefix}_{s}": 100.0 * float(v) if v >= 0 else None for s, v in stats}
         per_category[prefix] = category_ap(ev, gt)
     metrics["evaluator"] = name
     if out_dir is not None and per_category:
