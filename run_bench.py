@@ -23,7 +23,6 @@ import torch
 from omegaconf import OmegaConf
 
 from backbones import CheckpointError, build_encoder, encoder_kwargs, get_spec, load_pretrained, zoo
-from benchmarks.coco.data import DatasetError
 from benchmarks.config import (
     ConfigError,
     apply_overrides,
@@ -31,6 +30,7 @@ from benchmarks.config import (
     load_config,
     preset_config_path,
 )
+from benchmarks.datasets import DatasetError
 from benchmarks.engine.distributed import init_distributed
 from benchmarks.engine.trainer import CHECKPOINT, NonFiniteLoss, amp_dtype, load_training_checkpoint, train
 from benchmarks.tasks import TASKS, get_task
@@ -131,7 +131,7 @@ def run(args) -> Path:
         OmegaConf.save(cfg, run_dir / "config.yaml")
 
     root = None
-    if task.module is not None and not args.dry_run:
+    if not args.dry_run:
         root = task.module.data_root(cfg, args.data_root, info)
     seed = cfg.train.seed if "train" in cfg else 0
     seed_everything(seed)  # the same random init on every rank
@@ -143,17 +143,12 @@ def run(args) -> Path:
     report = load_pretrained(encoder, spec, args.weights)
     report.add_model(model, encoder)
     report.task, report.config, report.encoder = task.name, str(config_path), encoder_kwargs(spec, protocol)
-    if not task.model_built:
-        report.notes.append(f"{task.name}: only the protocol's backbone is built so far; num_params is the backbone's")
     if info.is_main:
         report.to_json(run_dir / "load_report.json")
         print(report.summary())
     if args.dry_run:
         print(f"wrote {run_dir / 'load_report.json'}")
         return run_dir
-    if task.module is None:
-        raise ConfigError(f"task {task.name} has no training yet; only --dry-run is available")
-
     seed_everything(seed + info.rank)  # each rank its own drop-path / sampling stream
     if args.eval_only:
         ckpt = run_dir / CHECKPOINT

@@ -1,8 +1,8 @@
 """The benchmark tasks the CLI knows.
 
 A task module provides ``data_root(cfg, data_root, info)``, ``build_model(cfg, encoder, root)``,
-``train_dataset(cfg, root)`` and ``evaluate(cfg, model, root, run_dir, info, amp_dtype)``. A task
-without a module so far builds only its protocol's backbone (``--dry-run``).
+``train_dataset(cfg, root)`` and ``evaluate(cfg, model, root, run_dir, info, amp_dtype)``; the
+engine and the CLI need nothing else from it.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import ModuleType
 
+from .ade20k import task as ade20k_task
 from .coco import task as coco_task
 
 
@@ -18,21 +19,17 @@ class Task:
     name: str
     default_protocol: str
     description: str
-    module: ModuleType | None = None
-
-    @property
-    def model_built(self) -> bool:
-        return self.module is not None
+    module: ModuleType
 
     def build_model(self, cfg, encoder, root=None):
-        return self.module.build_model(cfg, encoder, root) if self.module else encoder
+        return self.module.build_model(cfg, encoder, root)
 
 
 TASKS = {
     "coco_det": Task(
         "coco_det", "vitdet", "COCO detection + instance segmentation, Mask R-CNN (box/mask AP)", coco_task
     ),
-    "ade20k_seg": Task("ade20k_seg", "upernet", "ADE20K semantic segmentation, UperNet (mIoU) [backbone only so far]"),
+    "ade20k_seg": Task("ade20k_seg", "upernet", "ADE20K semantic segmentation, UperNet (mIoU)", ade20k_task),
 }
 
 

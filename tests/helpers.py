@@ -32,3 +32,18 @@ def load(name: str, ckpt: dict, size: Size, tmp_path: Path, protocol: dict | Non
     path = write(ckpt, tmp_path / f"weights{suffix}")
     encoder = build_encoder(spec, {"img_size": size.img, **(protocol or {})})
     return encoder, load_pretrained(encoder, spec, path)
+
+
+def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, cwd: Path, timeout: float = 300) -> int:
+    """Start ``cmd``, SIGKILL it once ``run_dir/last_checkpoint.pth`` appears; returns the checkpoint's iteration."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not (run_dir / "last_checkpoint.pth").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return torch.load(run_dir / "last_checkpoint.pth", weights_only=True)["iteration"]

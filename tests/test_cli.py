@@ -79,10 +79,13 @@ def test_dry_run_upernet_resizes_pos_embed(tmp_path):
     run("--task", "ade20k_seg", "--backbone", "mae_vit_tiny", "--weights", str(weights), "--dry-run",
         "--output-dir", str(out))  # fmt: skip
     report = json.loads((out / "load_report.json").read_text())
-    assert report["resized"]["pos_embed"]["to"] == [1, 1025, 192]
-    assert "bicubic 14x14 -> 32x32" in report["resized"]["pos_embed"]["how"]
-    assert report["new"]["blocks.0.attn.relative_position_bias_table"] == [63 * 63 + 3, 3]
-    assert report["new"]["blocks.0.ls1.gamma"] == [192]
+    enc = "backbone.encoder."
+    assert report["resized"][enc + "pos_embed"]["to"] == [1, 1025, 192]
+    assert "bicubic 14x14 -> 32x32" in report["resized"][enc + "pos_embed"]["how"]
+    assert report["new"][enc + "blocks.0.attn.relative_position_bias_table"] == [63 * 63 + 3, 3]
+    assert report["new"][enc + "blocks.0.ls1.gamma"] == [192]
+    assert report["new"]["decode_head.classifier.weight"] == [150, 768, 1, 1]
+    assert set(report["unused"]) == {"norm.weight", "norm.bias"}
 
 
 def test_dry_run_random_needs_no_weights(tmp_path):

@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import ROOT
 
-from benchmarks.coco.data import CocoInstances, DatasetError, check_layout, instance_mask
+from benchmarks.coco.data import CocoInstances, check_layout, instance_mask
 from benchmarks.coco.evaluate import evaluate_results
 from benchmarks.coco.synthetic import make_synthetic_coco
 from benchmarks.coco.transforms import lsj
+from benchmarks.datasets import DatasetError
 
 SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
 needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/coco_sample is not here")

@@ -2,15 +2,14 @@
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from conftest import ROOT
+from helpers import kill_after_first_checkpoint
 
 SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
 
@@ -45,13 +44,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     run(cli(tmp_path / "straight", opts))
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cli(killed, opts), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while not (killed / "last_checkpoint.pth").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    interrupted_at = final_state(killed)["iteration"]
+    interrupted_at = kill_after_first_checkpoint(cli(killed, opts), killed, ROOT)
     assert 0 < interrupted_at < 12 and not (killed / "metrics.json").exists()
 
     refused = subprocess.run(cli(killed, opts), cwd=ROOT, capture_output=True, text=True)

@@ -11,7 +11,6 @@ Expected under the data root (``--data-root``, else ``$COCO_ROOT``, else ``datas
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +21,8 @@ from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
+from ..datasets import DatasetError
+
 COCO_HELP = """expected COCO 2017 layout under {root}:
   annotations/instances_{{train,val}}2017.json
   train2017/*.jpg
@@ -29,15 +30,6 @@ COCO_HELP = """expected COCO 2017 layout under {root}:
 Get it from https://cocodataset.org/#download ("2017 Train images", "2017 Val images",
 "2017 Train/Val annotations"), unzip all three into one folder and pass it with --data-root
 (or set $COCO_ROOT). Offline, `--preset cpu` runs on a generated COCO-format dataset."""
-
-
-class DatasetError(RuntimeError):
-    """A dataset that cannot be used; the message names the file and the fix."""
-
-
-def resolve_root(data_root: str | None, env: str, default: str) -> Path:
-    """``--data-root`` wins, then the environment variable, then the default folder."""
-    return Path(data_root or os.environ.get(env) or default).expanduser()
 
 
 def annotation_file(root: Path, split: str) -> Path:

@@ -15,10 +15,8 @@ the config's ``model:`` section.
 from __future__ import annotations
 
 from collections import OrderedDict
-from functools import partial
 
 import torch
-from timm.layers import LayerNorm2d
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -32,32 +30,10 @@ from torchvision.ops.poolers import LevelMapper
 
 from backbones import VisionTransformer
 
+from ..necks import norm_layer, resampler
+
 LEVELS = ("p2", "p3", "p4", "p5")
 STRIDES = (4, 8, 16, 32)
-
-
-def norm_layer(kind: str) -> type[nn.Module]:
-    """LN: detectron2's channel LayerNorm; BN: BatchNorm2d (converted to SyncBN when distributed); GN: 32 groups."""
-    return {"LN": LayerNorm2d, "BN": nn.BatchNorm2d, "GN": partial(nn.GroupNorm, 32)}[kind]
-
-
-def resampler(scale: float, dim: int, out_dim: int, mid_norm: str) -> tuple[nn.Module, int]:
-    """Stride-16 map -> stride 16/scale: ConvT pairs up, max-pool down. Returns (module, output channels)."""
-    if scale == 4:
-        mid = dim if out_dim == dim else dim // 2
-        return nn.Sequential(
-            nn.ConvTranspose2d(dim, mid, 2, 2),
-            norm_layer(mid_norm)(mid),
-            nn.GELU(),
-            nn.ConvTranspose2d(mid, out_dim, 2, 2),
-        ), out_dim
-    if scale == 2:
-        return nn.ConvTranspose2d(dim, out_dim, 2, 2), out_dim
-    if scale == 1:
-        return nn.Identity(), dim
-    if scale == 0.5:
-        return nn.MaxPool2d(2), dim
-    raise ValueError(f"unsupported pyramid scale {scale}")
 
 
 class SimpleFeaturePyramid(nn.Module):

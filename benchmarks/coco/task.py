@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..datasets import dataset_root
 from ..engine.data import collate_lists
-from ..engine.distributed import DistInfo, all_gather_objects, barrier
-from .data import CocoInstances, annotation_file, check_layout, read_json, resolve_root
+from ..engine.distributed import DistInfo, all_gather_objects
+from .data import CocoInstances, annotation_file, check_layout, read_json
 from .evaluate import evaluate_results, predict
 from .model import build_mask_rcnn
 from .synthetic import make_synthetic_coco
@@ -21,16 +22,9 @@ log = logging.getLogger("bench")
 
 def data_root(cfg, data_root: str | None, info: DistInfo) -> Path:
     """``--data-root`` wins; else the preset's dataset: real COCO ($COCO_ROOT, datasets/coco) or synthetic."""
-    d = cfg.data
-    if data_root is None and d.dataset == "synthetic":
-        root = Path(d.synthetic.root)
-        if info.is_main:
-            make_synthetic_coco(root, d.synthetic.num_train, d.synthetic.num_val, d.synthetic.seed)
-        barrier(info)
-        return root
-    root = resolve_root(data_root, "COCO_ROOT", "datasets/coco")
-    check_layout(root, [d.train_split, d.test_split])
-    return root
+    splits = [cfg.data.train_split, cfg.data.test_split]
+    return dataset_root(cfg.data, data_root, info, "COCO_ROOT", "datasets/coco", make_synthetic_coco,
+                        lambda root: check_layout(root, splits))  # fmt: skip
 
 
 def num_classes(cfg, root: Path | None) -> int:
