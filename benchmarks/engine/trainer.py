@@ -107,6 +107,12 @@ class JsonlLog:
             except ImportError:  # TensorBoard is optional
                 pass
 
+    def truncate_after(self, iteration: int) -> None:
+        """Drop records past ``iteration``: a killed run logged them, the resumed run logs them again."""
+        if self.enabled and self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines() if json.loads(line)["iter"] <= iteration]
+            self.path.write_text("".join(line + "\n" for line in keep))
+
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
@@ -157,6 +163,7 @@ def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo
         else model
     )
     jsonl = JsonlLog(run_dir / "train_log.jsonl", info.is_main)
+    jsonl.truncate_after(start)
     bar = tqdm(total=total, initial=start, desc="train", disable=not info.is_main, dynamic_ncols=True)
     data_iter = iter(loader)
     last_good = str(ckpt_path) if ckpt_path.exists() else "none yet"
