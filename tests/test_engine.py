@@ -9,7 +9,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from backbones import VisionTransformer
+from backbones import CheckpointError, VisionTransformer
 from benchmarks.config import ConfigError, apply_overrides
 from benchmarks.engine.data import InfiniteSeededSampler
 from benchmarks.engine.distributed import DistInfo
@@ -99,3 +99,25 @@ def test_non_finite_loss_stops_with_iteration_terms_and_checkpoint(tmp_path: Pat
     msg = str(err.value)
     assert "iteration 2" in msg and "loss_b=nan" in msg and str(tmp_path / "last_checkpoint.pth") in msg
     assert torch.load(tmp_path / "last_checkpoint.pth", weights_only=True)["iteration"] == 2
+
+
+def test_corrupt_checkpoint_at_resume_names_the_previous_one(tmp_path: Path):
+    cfg = OmegaConf.create(
+        {
+            "data": {"workers": 0},
+            "optim": {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0, "layer_decay": 1.0, "wd_policy": "mae"},
+            "train": {"seed": 0, "iterations": 4, "images_per_batch": 2, "log_period": 1, "checkpoint_period": 2,
+                      "schedule": {"name": "constant"}},
+        }
+    )  # fmt: skip
+    model = VisionTransformer(embed_dim=12, depth=2, num_heads=2, img_size=32)
+    wrapped = nn.ModuleDict({"backbone": model})
+    wrapped.forward = lambda images, targets: {"loss": model(torch.stack(images).float()).square().mean()}
+    train(cfg, wrapped, model, Images(), tmp_path, DistInfo(), resume=False)
+    last, previous = tmp_path / "last_checkpoint.pth", tmp_path / "previous_checkpoint.pth"
+    assert torch.load(previous, weights_only=True)["iteration"] == 2
+    last.write_bytes(last.read_bytes()[:100])  # a damaged last checkpoint
+    with pytest.raises(CheckpointError) as err:
+        train(cfg, wrapped, model, Images(), tmp_path, DistInfo(), resume=True)
+    assert str(last) in str(err.value) and "previous_checkpoint.pth is intact" in str(err.value)
+    assert torch.load(previous, weights_only=True)["iteration"] == 2  # kept as it was

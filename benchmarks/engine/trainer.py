@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from backbones import layer_decay_param_groups
+from backbones import CheckpointError, layer_decay_param_groups
 
 from .data import train_loader
 from .distributed import DistInfo, all_gather_objects, any_rank
@@ -31,6 +31,7 @@ from .schedule import lr_factor, set_lr
 
 log = logging.getLogger("bench")
 CHECKPOINT = "last_checkpoint.pth"
+PREVIOUS = "previous_checkpoint.pth"  # the one before: kept so a damaged last checkpoint loses little
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None, "none": None}
 
 
@@ -83,8 +84,17 @@ def set_rng_state(state: dict) -> None:
 
 
 def load_training_checkpoint(path: Path) -> dict:
-    # Our own checkpoints hold tensors, numbers and plain containers only.
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint this engine wrote (tensors, numbers and plain containers only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupt or foreign: say which file and what to do
+        previous = path.with_name(PREVIOUS)
+        hint = (
+            f"the previous checkpoint {previous} is intact: move it to {path} to resume from it"
+            if previous.exists()
+            else "no previous checkpoint exists: start the run again in a new --output-dir"
+        )
+        raise CheckpointError(f"cannot read the training checkpoint {path} ({type(err).__name__}); {hint}") from None
 
 
 def build_optimizer(cfg, model: nn.Module, encoder) -> torch.optim.Optimizer:
@@ -246,5 +256,7 @@ def save_checkpoint(path: Path, model, optimizer, scaler, iteration: int, info: 
             "iteration": iteration,
             "rng": rngs,
         }
+        if path.exists():
+            os.replace(path, path.with_name(PREVIOUS))
         save_atomic(state, path)
         log.info("checkpoint at iteration %d -> %s", iteration, path)
