@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test regression lint clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# Accuracy regression (CI, after the tests): the CPU presets, collected, checked against the baseline.
+# Tolerance 3 points: same seeds give the same numbers on one machine, but another CPU's kernels can
+# move a 400-iteration run by ~2 points; a real regression (lr off by 100x) costs tens of points.
+regression: $(STAMP)
+	rm -rf runs/ci
+	$(PY) run_bench.py --task coco_det --backbone random_vit_tiny --preset cpu --output-dir runs/ci/coco_det
+	$(PY) run_bench.py --task ade20k_seg --backbone random_vit_tiny --preset cpu --output-dir runs/ci/ade20k_seg
+	$(PY) -m results.collect runs/ci --check results/baselines/cpu.json --tolerance 3
 
 lint: $(STAMP)
 	$(PY) -m ruff check --fix .

@@ -1,0 +1,105 @@
+"""Results collector: tables in the papers' layout, robustness to unfinished runs, the regression check."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+from results.collect import main, read_runs
+
+
+def write_run(root, name, task, backbone, arch, pretrain, protocol, metrics, seed=0, preset="paper",
+              provenance="paper"):  # fmt: skip
+    folder = root / name
+    folder.mkdir(parents=True)
+    record = {"task": task, "backbone": backbone, "arch": arch, "pretrain": pretrain, "provenance": provenance,
+              "protocol": protocol, "preset": preset, "seed": seed, "metrics": metrics}  # fmt: skip
+    (folder / "metrics.json").write_text(json.dumps(record))
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path):
+    r = tmp_path / "runs"
+    write_run(r, "a", "coco_det", "mae_vit_b", "vit_base", "mae", "mae_paper", {"box_AP": 50.0, "mask_AP": 44.0})
+    write_run(
+        r, "b", "coco_det", "mae_vit_b", "vit_base", "mae", "mae_paper", {"box_AP": 51.0, "mask_AP": 45.0}, seed=1
+    )
+    write_run(r, "c", "coco_det", "sup_vit_l", "vit_large", "supervised_in1k", "mae_paper",
+              {"box_AP": 49.0, "mask_AP": 43.5}, provenance="stand-in: DeiT III")  # fmt: skip
+    write_run(
+        r, "d", "ade20k_seg", "mae_vit_b", "vit_base", "mae", "upernet", {"mIoU": 48.0, "mAcc": 59.0, "aAcc": 83.0}
+    )
+    (r / "running").mkdir()
+    (r / "running" / "config.yaml").write_text("task: coco_det\n")
+    (r / "broken").mkdir()
+    (r / "broken" / "metrics.json").write_text('{"task": "coco_det", "metr')
+    write_run(r, "other", "keypoints", "mae_vit_b", "vit_base", "mae", "x", {"AP": 1.0})
+    return r
+
+
+def test_paper_layout_with_seeds_stand_ins_and_skipped(runs, capsys):
+    assert main([str(runs), "--paper"]) == 0
+    out = capsys.readouterr().out
+    table4 = out.split("## MAE Table 4")[1].split("##")[0]
+    mae_row = next(line for line in table4.splitlines() if line.startswith("| mae "))
+    assert "50.5 ± 0.5 (n=2)" in mae_row and "50.3 [MAE Table 4]" in mae_row and "+0.2" in mae_row
+    assert "supervised_in1k †" in table4  # a stand-in is never passed off as the paper's row
+    assert "49.3 [MAE Table 4]" in table4 and "-0.3" in table4  # ViT-L supervised: 49.0 vs 49.3
+    table5 = out.split("## MAE Table 5")[1]
+    assert "48.0" in table5 and "48.1 [MAE Table 5]" in table5
+    skipped = out.split("## Skipped")[1]
+    assert "running: no metrics.json" in skipped and "broken: unreadable metrics.json" in skipped
+    assert "other: unknown task 'keypoints'" in skipped
+
+
+@pytest.mark.parametrize("fmt, marker", [("csv", ","), ("latex", "\\begin{tabular}"), ("html", "<table")])
+def test_other_formats(runs, tmp_path, fmt, marker):
+    out = tmp_path / f"tables.{fmt}"
+    assert main([str(runs), "--format", fmt, "--out", str(out)]) == 0
+    assert marker in out.read_text()
+
+
+def test_check_passes_then_fails_on_drop_and_missing(runs, tmp_path, capsys):
+    baseline = tmp_path / "baseline.json"
+    assert main([str(runs), "--update-baseline", str(baseline)]) == 0
+    data = json.loads(baseline.read_text())
+    assert data["coco_det/mae_vit_b/paper"] == {"box_AP": 50.5, "mask_AP": 44.5}
+    assert main([str(runs), "--check", str(baseline)]) == 0
+
+    data["coco_det/mae_vit_b/paper"]["box_AP"] = 51.2  # now 50.5 is 0.7 below
+    data["ade20k_seg/beit_vit_b/paper"] = {"mIoU": 45.0}  # a cell no run produced
+    baseline.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main([str(runs), "--check", str(baseline), "--tolerance", "0.5"]) == 1
+    err = capsys.readouterr().err
+    assert "coco_det/mae_vit_b/paper box_AP: 50.50 < baseline 51.20" in err
+    assert "ade20k_seg/beit_vit_b/paper mIoU: missing" in err
+    assert main([str(runs), "--check", str(baseline), "--tolerance", "1.0"]) == 1  # still missing
+
+
+def test_empty_folder_still_reports(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 0
+    assert "no finished runs" in capsys.readouterr().out
+    assert read_runs(tmp_path)[0].empty
+
+
+def test_an_lr_off_by_100x_fails_the_check(tmp_path):
+    """Two real CPU runs of the shrunk ADE20K preset: the baseline, then lr / 100 (too small to learn in 30 its)."""
+    opts = ["backbone.img_size=64", "data.crop=64", "data.scale=[256,64]", "test.crop=64", "test.stride=40",
+            "test.scale=[256,64]", f"data.synthetic.root={tmp_path / 'syn'}", "data.synthetic.num_train=16",
+            "data.synthetic.num_val=4", "data.workers=0", "train.iterations=30", "train.checkpoint_period=30",
+            "train.log_period=10", "train.images_per_batch=4", "train.schedule.warmup_iters=5",
+            "train.schedule.poly_begin=5"]  # fmt: skip
+    base = [sys.executable, "run_bench.py", "--task", "ade20k_seg", "--backbone", "random_vit_tiny", "--preset", "cpu",
+            "--device", "cpu"]  # fmt: skip
+    good, bad = tmp_path / "good" / "run", tmp_path / "bad" / "run"
+    subprocess.run([*base, "--output-dir", str(good), "--opts", *opts], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([*base, "--output-dir", str(bad), "--opts", *opts, "optim.lr=4e-6"], cwd=ROOT, check=True,
+                   capture_output=True)  # fmt: skip
+    baseline = tmp_path / "cpu.json"
+    assert main([str(good.parent), "--update-baseline", str(baseline), "--out", str(tmp_path / "t.md")]) == 0
+    assert main([str(good.parent), "--check", str(baseline), "--out", str(tmp_path / "t.md")]) == 0
+    assert main([str(bad.parent), "--check", str(baseline), "--out", str(tmp_path / "t.md")]) == 1
