@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from backbones import CheckpointError, build_encoder, encoder_kwargs, get_spec, load_pretrained, zoo
 from benchmarks.config import (
+    CONFIG_DIR,
     ConfigError,
     apply_overrides,
     default_config_path,
@@ -59,6 +60,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--list-backbones", action="store_true", help="print the backbone zoo and exit")
     p.add_argument("--list-tasks", action="store_true", help="print the tasks and exit")
+    p.add_argument("--list-configs", action="store_true", help="print every config file with its first line and exit")
+    p.add_argument(
+        "--launcher",
+        default="local",
+        choices=["local", "torchrun"],
+        help="local: this process; torchrun: print and run the torchrun line for --nproc-per-node processes",
+    )
+    p.add_argument("--nproc-per-node", type=int, default=8, help="processes (GPUs) per node for --launcher torchrun")
     return p.parse_args(argv)
 
 
@@ -69,6 +78,31 @@ def list_backbones() -> str:
         rows.append((s.name, s.arch, s.pretrain, s.url or "none", checksum, s.provenance))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1] for r in rows)
+
+
+def list_configs() -> str:
+    lines = []
+    for task in TASKS:
+        for path in sorted((CONFIG_DIR / task).glob("*.yaml")):
+            first = path.read_text().splitlines()[0].lstrip("# ")
+            lines.append(f"{task:11s} {path.stem:28s} {first}")
+    return "\n".join(lines)
+
+
+def torchrun_command(argv: list[str], nproc: int) -> list[str]:
+    """The same invocation under torchrun, without the launcher flags."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--launcher", "--nproc-per-node"):
+            skip = True
+            continue
+        if not a.startswith(("--launcher=", "--nproc-per-node=")):
+            rest.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            str(Path(__file__).resolve()), *rest]  # fmt: skip
 
 
 def resolve_config(args, task, spec):
@@ -147,7 +181,8 @@ def run(args) -> Path:
         report.to_json(run_dir / "load_report.json")
         print(report.summary())
     if args.dry_run:
-        print(f"wrote {run_dir / 'load_report.json'}")
+        if info.is_main:
+            print(f"wrote {run_dir / 'load_report.json'}")
         return run_dir
     seed_everything(seed + info.rank)  # each rank its own drop-path / sampling stream
     if args.eval_only:
@@ -184,6 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_tasks:
         print("\n".join(f"{t.name:12s} {t.description}" for t in TASKS.values()))
         return 0
+    if args.list_configs:
+        print(list_configs())
+        return 0
+    if args.launcher == "torchrun":
+        cmd = torchrun_command(sys.argv[1:] if argv is None else argv, args.nproc_per_node)
+        print(" ".join(cmd), flush=True)
+        return subprocess.run(cmd).returncode
     if not (args.task and args.backbone):
         print("error: --task and --backbone are required (or --list-backbones / --list-tasks)", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
     python -m results.collect RUNS_DIR [--format md|csv|latex|html] [--paper] [--out FILE]
     python -m results.collect RUNS_DIR --check results/baselines/cpu.json [--tolerance 0.5]
     python -m results.collect RUNS_DIR --update-baseline results/baselines/cpu.json
+    python -m results.collect RUNS_DIR --plot figures/
 
 Every ``metrics.json`` below RUNS_DIR becomes one row; several seeds of one cell are shown as
 mean ± std (n). Folders that look like runs but have no readable ``metrics.json`` are listed
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check", type=Path, metavar="BASELINE", help="fail when a metric dropped below the baseline")
     p.add_argument("--tolerance", type=float, default=0.5, help="allowed drop, in metric points")
     p.add_argument("--update-baseline", type=Path, metavar="BASELINE", help="write the measured metrics as baseline")
+    p.add_argument("--plot", type=Path, metavar="DIR", help="write figures: ours vs paper per cell, training curves")
     args = p.parse_args(argv)
     df, skipped = read_runs(args.runs_dir)
     text = report(df, skipped, args.format, args.paper)
@@ -188,6 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(text)
     else:
         print(text)
+    if args.plot and len(df):
+        from .plots import plot_training_curves, plot_vs_paper
+
+        args.plot.mkdir(parents=True, exist_ok=True)
+        figures = plot_vs_paper(df, paper_numbers(), args.plot) + plot_training_curves(df, args.plot)
+        print(f"wrote {len(figures)} figures to {args.plot}", file=sys.stderr)
     if args.update_baseline:
         args.update_baseline.parent.mkdir(parents=True, exist_ok=True)
         args.update_baseline.write_text(json.dumps(measured(df), indent=1, sort_keys=True) + "\n")

@@ -114,3 +114,19 @@ def test_dry_run_random_needs_no_weights(tmp_path):
 def test_errors_exit_2_with_a_message(args, message):
     proc = run(*args, check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_list_configs_names_every_file():
+    out = run("--list-configs").stdout
+    for path in (ROOT / "configs" / "coco_det").glob("*.yaml"):
+        assert f"coco_det    {path.stem} " in out
+    assert "ade20k_seg  upernet_vit_b " in out and "mmseg" in out
+
+
+def test_torchrun_launcher_runs_two_processes(tmp_path):
+    out = tmp_path / "tr"
+    proc = run("--launcher", "torchrun", "--nproc-per-node", "2", "--task", "coco_det", "--backbone",
+               "random_vit_tiny", "--dry-run", "--device", "cpu", "--output-dir", str(out))  # fmt: skip
+    first = proc.stdout.splitlines()[0]
+    assert "torch.distributed.run" in first and "--nproc_per_node=2" in first and "--launcher" not in first
+    assert proc.stdout.count("wrote ") == 1 and (out / "load_report.json").exists()

@@ -103,3 +103,15 @@ def test_an_lr_off_by_100x_fails_the_check(tmp_path):
     assert main([str(good.parent), "--update-baseline", str(baseline), "--out", str(tmp_path / "t.md")]) == 0
     assert main([str(good.parent), "--check", str(baseline), "--out", str(tmp_path / "t.md")]) == 0
     assert main([str(bad.parent), "--check", str(baseline), "--out", str(tmp_path / "t.md")]) == 1
+
+
+def test_plot_writes_pngs(runs, tmp_path):
+    (runs / "a" / "train_log.jsonl").write_text(
+        "".join(json.dumps({"iter": i, "loss": 2.0 / i, "lr": 1e-4}) + "\n" for i in range(1, 6))
+    )
+    figures = tmp_path / "figures"
+    assert main([str(runs), "--plot", str(figures), "--out", str(tmp_path / "t.md")]) == 0
+    names = sorted(p.name for p in figures.glob("*.png"))
+    assert "coco_det_mae_paper_box_AP.png" in names and "ade20k_seg_upernet_mIoU.png" in names
+    assert "coco_det_training.png" in names
+    assert all((figures / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
