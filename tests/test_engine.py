@@ -84,15 +84,19 @@ class Images(torch.utils.data.Dataset):
         return torch.full((3, 32, 32), i, dtype=torch.uint8), {}
 
 
-def test_non_finite_loss_stops_with_iteration_terms_and_checkpoint(tmp_path: Path):
-    cfg = OmegaConf.create(
+def tiny_train_config(iterations: int, checkpoint_period: int):
+    return OmegaConf.create(
         {
             "data": {"workers": 0},
             "optim": {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0, "layer_decay": 1.0, "wd_policy": "mae"},
-            "train": {"seed": 0, "iterations": 5, "images_per_batch": 2, "log_period": 1, "checkpoint_period": 1,
-                      "schedule": {"name": "constant"}},
+            "train": {"seed": 0, "iterations": iterations, "images_per_batch": 2, "log_period": 1,
+                      "checkpoint_period": checkpoint_period, "schedule": {"name": "constant"}},
         }
     )  # fmt: skip
+
+
+def test_non_finite_loss_stops_with_iteration_terms_and_checkpoint(tmp_path: Path):
+    cfg = tiny_train_config(iterations=5, checkpoint_period=1)
     model = ExplodingModel()
     with pytest.raises(NonFiniteLoss) as err:
         train(cfg, model, model.backbone, Images(), tmp_path, DistInfo(), resume=False)
@@ -102,14 +106,7 @@ def test_non_finite_loss_stops_with_iteration_terms_and_checkpoint(tmp_path: Pat
 
 
 def test_corrupt_checkpoint_at_resume_names_the_previous_one(tmp_path: Path):
-    cfg = OmegaConf.create(
-        {
-            "data": {"workers": 0},
-            "optim": {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0, "layer_decay": 1.0, "wd_policy": "mae"},
-            "train": {"seed": 0, "iterations": 4, "images_per_batch": 2, "log_period": 1, "checkpoint_period": 2,
-                      "schedule": {"name": "constant"}},
-        }
-    )  # fmt: skip
+    cfg = tiny_train_config(iterations=4, checkpoint_period=2)
     model = VisionTransformer(embed_dim=12, depth=2, num_heads=2, img_size=32)
     wrapped = nn.ModuleDict({"backbone": model})
     wrapped.forward = lambda images, targets: {"loss": model(torch.stack(images).float()).square().mean()}
