@@ -189,8 +189,9 @@ def run(args) -> Path:
         ckpt = run_dir / CHECKPOINT
         if not ckpt.exists():
             raise CheckpointError(f"--eval-only: no {ckpt}; train first or point --output-dir at a finished run")
-        model.load_state_dict(load_training_checkpoint(ckpt)["model"])
-        iterations = load_training_checkpoint(ckpt)["iteration"]
+        state = load_training_checkpoint(ckpt)
+        model.load_state_dict(state["model"])
+        iterations = state["iteration"]
     else:
         iterations = train(cfg, model, encoder, task.module.train_dataset(cfg, root), run_dir, info, args.resume)
     metrics = task.module.evaluate(cfg, model, root, run_dir, info, amp_dtype(cfg.train, info.device))

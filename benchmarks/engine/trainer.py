@@ -134,8 +134,7 @@ class JsonlLog:
                     self.tb.add_scalar(k, v, record["iter"])
 
 
-def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo, resume: bool,
-          on_checkpoint=None) -> int:  # fmt: skip
+def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo, resume: bool) -> int:
     """Train ``model`` for ``cfg.train.iterations``; returns the final iteration.
 
     Checkpoints (``run_dir/last_checkpoint.pth``) every ``train.checkpoint_period`` iterations and at
@@ -156,7 +155,7 @@ def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][info.rank] if isinstance(state["rng"], list) else state["rng"])
+        set_rng_state(state["rng"][info.rank])  # save_checkpoint gathers every rank's state
         start = state["iteration"]
         log.info("resumed from %s at iteration %d", ckpt_path, start)
     total = t.iterations
@@ -222,8 +221,6 @@ def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo
         if done % t.checkpoint_period == 0 or done == total:
             save_checkpoint(ckpt_path, model, optimizer, scaler, done, info)
             last_good = str(ckpt_path)
-            if on_checkpoint is not None:
-                on_checkpoint(done)
     bar.close()
     return total
 
