@@ -15,7 +15,6 @@ import logging
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -33,23 +32,44 @@ from benchmarks.config import (
 )
 from benchmarks.datasets import DatasetError
 from benchmarks.engine.distributed import init_distributed
+from benchmarks.engine.preemption import StopRequest
 from benchmarks.engine.trainer import CHECKPOINT, NonFiniteLoss, amp_dtype, load_training_checkpoint, train
+from benchmarks.launch import (
+    SWEEP_DIR,
+    BenchJob,
+    cell_output_dir,
+    default_slurm_folder,
+    run_argv,
+    sbatch_script,
+    submit,
+    sweep_cells,
+    timestamp,
+    torchrun_command,
+)
 from benchmarks.tasks import TASKS, get_task
 
 log = logging.getLogger("bench")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Transfer-learning benchmarks for ViT backbones (MAE protocol).")
-    p.add_argument("--task", choices=sorted(TASKS), help="benchmark to run")
-    p.add_argument("--backbone", help="registered backbone name (see --list-backbones)")
+    p = argparse.ArgumentParser(
+        description="Transfer-learning benchmarks for ViT backbones (MAE protocol).",
+        epilog="Several --task/--backbone values or --sweep run every task x backbone (a Slurm job array with "
+        "--launcher slurm). README has the commands of the paper protocols.",
+    )
+    p.add_argument("--task", nargs="+", choices=sorted(TASKS), metavar="TASK", help=f"benchmark: {', '.join(TASKS)}")
+    p.add_argument("--backbone", nargs="+", metavar="NAME", help="registered backbone (see --list-backbones)")
     p.add_argument("--config", help="protocol config file (default: chosen from the task, backbone size and preset)")
     p.add_argument(
         "--preset", default="paper", help="paper: the published protocol; cpu: a small CPU run on synthetic data"
     )
+    p.add_argument("--protocol", help="protocol family of the default config (coco_det: vitdet or mae_paper)")
+    p.add_argument("--sweep", metavar="NAME", help="a grid from configs/sweeps/ (e.g. mae_table4) or a yaml path")
     p.add_argument("--weights", help="checkpoint file to load instead of the cached official download")
     p.add_argument("--data-root", help="dataset folder in the official layout (wins over the preset's dataset)")
-    p.add_argument("--output-dir", help="run folder (default: runs/<task>/<backbone>/<protocol>-<time>)")
+    p.add_argument(
+        "--output-dir", help="run folder (default: runs/<task>/<backbone>/<protocol>-<time>); a sweep's root"
+    )
     p.add_argument(
         "--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides, e.g. train.iterations=100"
     )
@@ -61,13 +81,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--list-backbones", action="store_true", help="print the backbone zoo and exit")
     p.add_argument("--list-tasks", action="store_true", help="print the tasks and exit")
     p.add_argument("--list-configs", action="store_true", help="print every config file with its first line and exit")
-    p.add_argument(
+
+    launch = p.add_argument_group("launchers")
+    launch.add_argument(
         "--launcher",
         default="local",
-        choices=["local", "torchrun"],
-        help="local: this process; torchrun: print and run the torchrun line for --nproc-per-node processes",
+        choices=["local", "torchrun", "slurm"],
+        help="local: this process; torchrun: --nproc-per-node processes on this node; slurm: submitit jobs",
     )
-    p.add_argument("--nproc-per-node", type=int, default=8, help="processes (GPUs) per node for --launcher torchrun")
+    launch.add_argument("--nproc-per-node", type=int, default=8, help="processes (GPUs) for --launcher torchrun")
+    slurm = p.add_argument_group("slurm (--launcher slurm)")
+    slurm.add_argument("--nodes", type=int, default=1)
+    slurm.add_argument("--gpus-per-node", type=int, default=8, help="one task (process) per GPU")
+    slurm.add_argument("--cpus-per-task", type=int, default=10)
+    slurm.add_argument("--timeout", type=int, default=4320, help="minutes per job (requeued with its checkpoint)")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--qos")
+    slurm.add_argument("--mem", type=int, help="GB per node")
+    slurm.add_argument("--constraint", help="e.g. volta32gb")
+    slurm.add_argument("--job-name", default="bench")
+    slurm.add_argument("--max-requeues", type=int, default=10, help="time limits a job may hit before it fails")
+    slurm.add_argument("--signal-delay", type=int, default=120, help="seconds of warning before the time limit")
+    slurm.add_argument("--array-parallelism", type=int, default=32, help="sweep jobs running at once")
+    slurm.add_argument("--slurm-folder", default=default_slurm_folder(), help="submitit's logs and pickles")
+    slurm.add_argument("--print-sbatch", action="store_true", help="print the sbatch script and the runs; submit none")
+    slurm.add_argument("--submitit-cluster", default="slurm", choices=["slurm", "local"], help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -86,30 +125,16 @@ def list_configs() -> str:
         for path in sorted((CONFIG_DIR / task).glob("*.yaml")):
             first = path.read_text().splitlines()[0].lstrip("# ")
             lines.append(f"{task:11s} {path.stem:28s} {first}")
+    for path in sorted(SWEEP_DIR.glob("*.yaml")):
+        lines.append(f"{'sweep':11s} {path.stem:28s} {path.read_text().splitlines()[0].lstrip('# ')}")
     return "\n".join(lines)
-
-
-def torchrun_command(argv: list[str], nproc: int) -> list[str]:
-    """The same invocation under torchrun, without the launcher flags."""
-    rest, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-            continue
-        if a in ("--launcher", "--nproc-per-node"):
-            skip = True
-            continue
-        if not a.startswith(("--launcher=", "--nproc-per-node=")):
-            rest.append(a)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            str(Path(__file__).resolve()), *rest]  # fmt: skip
 
 
 def resolve_config(args, task, spec):
     if args.config:
         path = Path(args.config)
     elif args.preset == "paper":
-        path = default_config_path(task.name, task.default_protocol, spec)
+        path = default_config_path(task.name, args.protocol or task.default_protocol, spec)
     else:
         path = preset_config_path(task.name, args.preset)
     cfg = apply_overrides(load_config(path), list(args.opts))
@@ -118,16 +143,43 @@ def resolve_config(args, task, spec):
     return cfg, path
 
 
-def run_folder(args, task, spec, cfg) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.output_dir or f"runs/{task.name}/{spec.name}/{cfg.get('protocol', 'run')}-{stamp}")
+def check_run_folder(out: Path, args) -> None:
+    """Never overwrite a run: a folder with a checkpoint or metrics needs --resume (or --eval-only)."""
     busy = [p.name for p in (out / CHECKPOINT, out / "metrics.json") if p.exists()]
     if busy and not (args.resume or args.eval_only or args.dry_run):
         raise ConfigError(
             f"{out} already holds {', '.join(busy)}: pass --resume to continue it, or another --output-dir"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+
+
+def plan_runs(args) -> list[list[str]]:
+    """The argv of every run the command line asks for, configs resolved and run folders fixed.
+
+    Resolving here (before any process or job starts) turns a bad backbone, config or busy folder
+    into an error now rather than in a queued job, and fixes the folder a requeued job resumes in.
+    """
+    cells = sweep_cells(args)
+    if not cells:
+        raise ConfigError("name --task and --backbone (or --sweep NAME; see --list-tasks, --list-backbones)")
+    sweep, stamp = len(cells) > 1 or bool(args.sweep), timestamp()
+    argvs = []
+    for cell in cells:
+        spec, task = get_spec(cell.backbone), get_task(cell.task)
+        one = argparse.Namespace(**{**vars(args), "task": cell.task, "backbone": cell.backbone})
+        cfg, _ = resolve_config(one, task, spec)
+        out = cell_output_dir(args.output_dir, cell, cfg.get("protocol", "run"), stamp, sweep)
+        check_run_folder(Path(out), args)
+        if args.launcher == "slurm":  # a job's working directory is not always the submitter's
+            out = str(Path(out).resolve())
+        argvs.append(run_argv(one, output_dir=out))
+    return argvs
+
+
+def run_one(argv: list[str], stop=None) -> Path:
+    """Run the single task x backbone that ``argv`` (from ``plan_runs``) names."""
+    args = parse_args(argv)
+    (args.task,), (args.backbone,) = args.task, args.backbone
+    return run(args, stop)
 
 
 def setup_logging(run_dir: Path, is_main: bool) -> None:
@@ -154,12 +206,15 @@ def git_commit() -> str | None:
         return None
 
 
-def run(args) -> Path:
+def run(args, stop: StopRequest | None = None) -> Path:
+    """One benchmark run into ``args.output_dir``; ``stop``: checkpoint and stop on a Slurm signal."""
     started = datetime.datetime.now().astimezone()
     spec, task = get_spec(args.backbone), get_task(args.task)
     cfg, config_path = resolve_config(args, task, spec)
     info = init_distributed(args.device)
-    run_dir = run_folder(args, task, spec, cfg)
+    run_dir = Path(args.output_dir)
+    check_run_folder(run_dir, args)
+    run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir, info.is_main)
     if info.is_main:
         OmegaConf.save(cfg, run_dir / "config.yaml")
@@ -193,7 +248,7 @@ def run(args) -> Path:
         model.load_state_dict(state["model"])
         iterations = state["iteration"]
     else:
-        iterations = train(cfg, model, encoder, task.module.train_dataset(cfg, root), run_dir, info, args.resume)
+        iterations = train(cfg, model, encoder, task.module.train_dataset(cfg, root), run_dir, info, args.resume, stop)
     metrics = task.module.evaluate(cfg, model, root, run_dir, info, amp_dtype(cfg.train, info.device))
     if info.is_main:
         finished = datetime.datetime.now().astimezone()
@@ -223,19 +278,49 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_configs:
         print(list_configs())
         return 0
-    if args.launcher == "torchrun":
-        cmd = torchrun_command(sys.argv[1:] if argv is None else argv, args.nproc_per_node)
-        print(" ".join(cmd), flush=True)
-        return subprocess.run(cmd).returncode
-    if not (args.task and args.backbone):
-        print("error: --task and --backbone are required (or --list-backbones / --list-tasks)", file=sys.stderr)
-        return 2
     try:
-        run(args)
+        argvs = plan_runs(args)
+        if args.launcher == "slurm":
+            return launch_slurm(args, argvs)
+        failed = []
+        for argv in argvs:
+            if len(argvs) > 1:
+                print(f"== run_bench.py {' '.join(argv)}", flush=True)
+            if args.launcher == "torchrun":
+                cmd = torchrun_command(argv, args.nproc_per_node)
+                print(" ".join(cmd), flush=True)
+                code = subprocess.run(cmd).returncode
+            else:
+                code = run_local(argv)
+            if code:
+                failed.append(" ".join(argv))
+        if len(argvs) > 1:
+            print(f"{len(argvs) - len(failed)}/{len(argvs)} runs finished" + "".join(f"\nfailed: {f}" for f in failed))
+        return 2 if failed else 0
+    except (ConfigError, KeyError) as err:
+        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
+        return 2
+
+
+def run_local(argv: list[str]) -> int:
+    try:
+        run_one(argv)
         return 0
     except (CheckpointError, ConfigError, DatasetError, NonFiniteLoss, KeyError) as err:
         print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
         return 2
+
+
+def launch_slurm(args, argvs: list[list[str]]) -> int:
+    if args.print_sbatch:
+        print(sbatch_script(args, len(argvs)))
+        print("\n".join(f"# job {i}: {BenchJob(argv)!r}" for i, argv in enumerate(argvs)))
+        return 0
+    jobs = submit(args, argvs, args.submitit_cluster)
+    for job, argv in zip(jobs, argvs, strict=True):
+        print(f"submitted job {job.job_id}: run_bench.py {' '.join(argv)}")
+    print(f"logs: {args.slurm_folder}; tables once they finish: python -m results.collect runs --paper")
+    return 0
 
 
 if __name__ == "__main__":

@@ -109,6 +109,8 @@ def test_dry_run_random_needs_no_weights(tmp_path):
             ["--task", "ade20k_seg", "--backbone", "mae_vit_h", "--dry-run"],
             "no upernet config for a vit_huge",
         ),
+        (["--sweep", "mae_table9", "--dry-run"], "no sweep 'mae_table9'"),
+        (["--task", "coco_det", "--backbone", "mae_vit_b", "mae_vit_z", "--launcher", "slurm"], "mae_vit_z"),
     ],
 )
 def test_errors_exit_2_with_a_message(args, message):
@@ -130,3 +132,57 @@ def test_torchrun_launcher_runs_two_processes(tmp_path):
     first = proc.stdout.splitlines()[0]
     assert "torch.distributed.run" in first and "--nproc_per_node=2" in first and "--launcher" not in first
     assert proc.stdout.count("wrote ") == 1 and (out / "load_report.json").exists()
+
+
+def test_sweep_runs_every_task_x_backbone_locally(tmp_path):
+    proc = run("--task", "coco_det", "ade20k_seg", "--backbone", "random_vit_tiny", "random_vit_small",
+               "--dry-run", "--device", "cpu", "--output-dir", str(tmp_path))  # fmt: skip
+    assert "4/4 runs finished" in proc.stdout
+    for task in ("coco_det", "ade20k_seg"):
+        for backbone in ("random_vit_tiny", "random_vit_small"):
+            report = json.loads((tmp_path / task / backbone / "load_report.json").read_text())
+            assert report["task"] == task and report["backbone"] == backbone
+
+
+def test_sweep_refuses_a_finished_run_before_starting_any(tmp_path):
+    (tmp_path / "coco_det" / "random_vit_small").mkdir(parents=True)
+    (tmp_path / "coco_det" / "random_vit_small" / "metrics.json").write_text("{}")
+    proc = run("--task", "coco_det", "--backbone", "random_vit_tiny", "random_vit_small", "--output-dir",
+               str(tmp_path), check=False)  # fmt: skip
+    assert proc.returncode == 2 and "--resume" in proc.stderr
+    assert not (tmp_path / "coco_det" / "random_vit_tiny").exists()
+
+
+def test_print_sbatch_shows_the_job_array_slurm_gets(tmp_path):
+    proc = run("--sweep", "mae_table4", "--launcher", "slurm", "--print-sbatch", "--nodes", "2", "--gpus-per-node",
+               "8", "--partition", "learnfair", "--account", "acct", "--qos", "high", "--mem", "480", "--constraint",
+               "volta32gb", "--timeout", "2880", "--output-dir", str(tmp_path))  # fmt: skip
+    out = proc.stdout
+    for line in ("--array=0-5%6", "--nodes=2", "--gpus-per-node=8", "--ntasks-per-node=8", "--partition=learnfair",
+                 "--account=acct", "--qos=high", "--mem=480GB", "--constraint=volta32gb", "--time=2880",
+                 "--signal=USR2@120"):  # fmt: skip
+        assert f"#SBATCH {line}\n" in out, line
+    jobs = [line for line in out.splitlines() if line.startswith("# job ")]
+    assert len(jobs) == 6 and all("--protocol mae_paper" in j and j.endswith(" --resume") for j in jobs)
+    assert f"--output-dir {tmp_path}/coco_det/mae_vit_l " in jobs[-1]
+    assert not any(tmp_path.iterdir())  # nothing submitted, no folder made
+
+
+def test_stop_request_defers_the_signal_only_inside_the_loop():
+    import signal
+
+    from benchmarks.engine.preemption import StopRequest
+
+    seen = []
+    previous = signal.signal(signal.SIGUSR2, lambda *a: seen.append("forwarded"))
+    try:
+        stop = StopRequest(signal.SIGUSR2)
+        with stop.deferred():
+            signal.raise_signal(signal.SIGUSR2)
+            assert stop.requested and seen == []  # recorded; the loop checkpoints, then forwards
+        stop.forward()
+        assert seen == ["forwarded"]
+        signal.raise_signal(signal.SIGUSR2)  # outside the loop: straight to the scheduler's handler
+        assert seen == ["forwarded", "forwarded"]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)

@@ -2,14 +2,20 @@
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import ROOT
 from helpers import kill_after_first_checkpoint
+
+from benchmarks.engine.trainer import CHECKPOINT
 
 SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
 
@@ -39,10 +45,29 @@ def final_state(run_dir):
     return torch.load(run_dir / "last_checkpoint.pth", weights_only=True)
 
 
-def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    opts = tiny_opts(tmp_path)
-    run(cli(tmp_path / "straight", opts))
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted tiny run: what every interrupted-and-resumed run must reproduce."""
+    tmp = tmp_path_factory.mktemp("straight")
+    run(cli(tmp / "run", tiny_opts(tmp)))
+    return tmp / "run"
 
+
+def assert_same_run(a_dir, b_dir):
+    a, b = final_state(a_dir), final_state(b_dir)
+    assert a["iteration"] == b["iteration"] == 12
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    ma = json.loads((a_dir / "metrics.json").read_text())["metrics"]
+    mb = json.loads((b_dir / "metrics.json").read_text())["metrics"]
+    assert ma == mb
+    logs = [json.loads(line) for line in (b_dir / "train_log.jsonl").read_text().splitlines()]
+    straight = [json.loads(line) for line in (a_dir / "train_log.jsonl").read_text().splitlines()]
+    assert logs == [{**r, "time": logs[i]["time"], "data_time": logs[i]["data_time"]} for i, r in enumerate(straight)]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, straight):
+    opts = tiny_opts(tmp_path)
     killed = tmp_path / "killed"
     interrupted_at = kill_after_first_checkpoint(cli(killed, opts), killed, ROOT)
     assert 0 < interrupted_at < 12 and not (killed / "metrics.json").exists()
@@ -51,16 +76,46 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     assert refused.returncode == 2 and "--resume" in refused.stderr  # never overwrite a run silently
     run(cli(killed, opts, "--resume"))
 
-    a, b = final_state(tmp_path / "straight"), final_state(killed)
-    assert a["iteration"] == b["iteration"] == 12
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    ma = json.loads((tmp_path / "straight" / "metrics.json").read_text())["metrics"]
-    mb = json.loads((killed / "metrics.json").read_text())["metrics"]
-    assert ma == mb
-    logs = [json.loads(line) for line in (killed / "train_log.jsonl").read_text().splitlines()]
-    straight = [json.loads(line) for line in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
-    assert logs == [{**r, "time": logs[i]["time"], "data_time": logs[i]["data_time"]} for i, r in enumerate(straight)]
+    assert_same_run(straight, killed)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the job's process through /proc")
+def test_slurm_job_preempted_then_requeued_equals_uninterrupted(tmp_path, straight):
+    """submitit's local executor stands in for Slurm: the job gets Slurm's warning signal mid-training,
+    checkpoints at the end of that iteration, requeues itself and resumes to the same result."""
+    import run_bench
+    from benchmarks.launch import submit
+
+    out = tmp_path / "job"
+    args = run_bench.parse_args(
+        cli(out, tiny_opts(tmp_path))[2:]
+        + [
+            "--launcher",
+            "slurm",
+            "--submitit-cluster",
+            "local",
+            "--gpus-per-node",
+            "0",
+            "--timeout",
+            "10",
+            "--slurm-folder",
+            str(tmp_path / "submitit"),
+        ]  # fmt: skip
+    )
+    (job,) = submit(args, run_bench.plan_runs(args), cluster="local")
+    deadline = time.time() + 120
+    while not (out / CHECKPOINT).exists() and not job.done() and time.time() < deadline:
+        time.sleep(0.05)
+    controller = job._process.pid  # the local executor's controller; the job is its child
+    (task,) = Path(f"/proc/{controller}/task/{controller}/children").read_text().split()
+    os.kill(int(task), signal.SIGUSR2)  # what Slurm sends --signal-delay seconds before a time limit
+    assert job.result() == str(out)
+
+    log = (out / "log.txt").read_text()
+    stopped = [int(m) for m in re.findall(r"resumed from .* at iteration (\d+)", log)]
+    assert "got SIGUSR2" in log and len(stopped) == 1 and 3 <= stopped[0] < 12, log[-2000:]
+    assert "Requeued job" in job.stdout()
+    assert_same_run(straight, out)
 
 
 def free_port() -> int:

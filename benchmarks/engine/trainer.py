@@ -26,7 +26,8 @@ from tqdm import tqdm
 from backbones import CheckpointError, layer_decay_param_groups
 
 from .data import train_loader
-from .distributed import DistInfo, all_gather_objects, any_rank
+from .distributed import DistInfo, all_gather_objects, any_rank, barrier
+from .preemption import Preempted, StopRequest
 from .schedule import lr_factor, set_lr
 
 log = logging.getLogger("bench")
@@ -134,11 +135,13 @@ class JsonlLog:
                     self.tb.add_scalar(k, v, record["iter"])
 
 
-def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo, resume: bool) -> int:
+def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo, resume: bool,
+          stop: StopRequest | None = None) -> int:  # fmt: skip
     """Train ``model`` for ``cfg.train.iterations``; returns the final iteration.
 
     Checkpoints (``run_dir/last_checkpoint.pth``) every ``train.checkpoint_period`` iterations and at
     the end hold model, optimizer, scaler, iteration and RNG states; ``resume`` continues from one.
+    With ``stop`` (Slurm jobs), a scheduler signal ends the iteration, checkpoints and raises ``Preempted``.
     """
     t = cfg.train
     device = info.device
@@ -178,49 +181,57 @@ def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo
     last_good = str(ckpt_path) if ckpt_path.exists() else "none yet"
     model.train()
     tic = time.perf_counter()
-    for it in range(start, total):
-        lr = set_lr(optimizer, cfg.optim.lr, lr_factor(it, total, t.schedule))
-        terms: dict[str, float] = {}
-        data_time = 0.0
-        for micro in range(accumulate):
-            d0 = time.perf_counter()
-            images, targets = next(data_iter)
-            data_time += time.perf_counter() - d0
-            images = [im.to(device, non_blocking=True).float() / 255 for im in images]
-            targets = [to_device(tg, device) for tg in targets]
-            sync = nullcontext() if (micro == accumulate - 1 or not info.distributed) else ddp.no_sync()
-            with sync:
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    losses = ddp(images, targets)
-                loss = sum(losses.values())
-                for k, v in losses.items():
-                    terms[k] = terms.get(k, 0.0) + float(v.detach()) / accumulate
-                if any_rank(not math.isfinite(float(loss.detach())), info):
-                    raise NonFiniteLoss(
-                        f"non-finite loss at iteration {it}: "
-                        + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-                        + f"; last good checkpoint: {last_good}. Lower optim.lr or check the data of this batch."
-                    )
-                scaler.scale(loss / accumulate).backward()
-        if cfg.optim.get("clip_grad"):
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+    with stop.deferred() if stop is not None else nullcontext():
+        for it in range(start, total):
+            lr = set_lr(optimizer, cfg.optim.lr, lr_factor(it, total, t.schedule))
+            terms: dict[str, float] = {}
+            data_time = 0.0
+            for micro in range(accumulate):
+                d0 = time.perf_counter()
+                images, targets = next(data_iter)
+                data_time += time.perf_counter() - d0
+                images = [im.to(device, non_blocking=True).float() / 255 for im in images]
+                targets = [to_device(tg, device) for tg in targets]
+                sync = nullcontext() if (micro == accumulate - 1 or not info.distributed) else ddp.no_sync()
+                with sync:
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                        losses = ddp(images, targets)
+                    loss = sum(losses.values())
+                    for k, v in losses.items():
+                        terms[k] = terms.get(k, 0.0) + float(v.detach()) / accumulate
+                    if any_rank(not math.isfinite(float(loss.detach())), info):
+                        raise NonFiniteLoss(
+                            f"non-finite loss at iteration {it}: "
+                            + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                            + f"; last good checkpoint: {last_good}. Lower optim.lr or check the data of this batch."
+                        )
+                    scaler.scale(loss / accumulate).backward()
+            if cfg.optim.get("clip_grad"):
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
 
-        done = it + 1
-        bar.update(1)
-        if done % t.log_period == 0 or done == total or done == start + 1:
-            record = {"iter": done, "lr": lr, "loss": sum(terms.values()), **terms,
-                      "time": (time.perf_counter() - tic) / max(done - start, 1), "data_time": data_time}  # fmt: skip
-            bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
-            jsonl.write(record)
-            log.info("iter %d/%d  loss %.4f  lr %.3e  %s", done, total, record["loss"], lr,
-                     "  ".join(f"{k} {v:.4f}" for k, v in terms.items()))  # fmt: skip
-        if done % t.checkpoint_period == 0 or done == total:
-            save_checkpoint(ckpt_path, model, optimizer, scaler, done, info)
-            last_good = str(ckpt_path)
+            done = it + 1
+            bar.update(1)
+            if done % t.log_period == 0 or done == total or done == start + 1:
+                seconds = (time.perf_counter() - tic) / max(done - start, 1)
+                record = {"iter": done, "lr": lr, "loss": sum(terms.values()), **terms,
+                          "time": seconds, "data_time": data_time}  # fmt: skip
+                bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
+                jsonl.write(record)
+                log.info("iter %d/%d  loss %.4f  lr %.3e  %s", done, total, record["loss"], lr,
+                         "  ".join(f"{k} {v:.4f}" for k, v in terms.items()))  # fmt: skip
+            if done % t.checkpoint_period == 0 or done == total:
+                save_checkpoint(ckpt_path, model, optimizer, scaler, done, info)
+                last_good = str(ckpt_path)
+            if stop is not None and done < total and any_rank(stop.requested, info):
+                if done % t.checkpoint_period:
+                    save_checkpoint(ckpt_path, model, optimizer, scaler, done, info)
+                barrier(info)  # every rank waits for the file before the job is requeued
+                bar.close()
+                raise Preempted(done)
     bar.close()
     return total
 
