@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run folder's last checkpoint")
     p.add_argument("--dry-run", action="store_true", help="build the model, load the weights, write load_report.json")
+    p.add_argument("--visualize", action="store_true", help="mae_pretrain: write reconstructions.png and exit")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--list-backbones", action="store_true", help="print the backbone zoo and exit")
     p.add_argument("--list-tasks", action="store_true", help="print the tasks and exit")
@@ -216,12 +217,13 @@ def run(args, stop: StopRequest | None = None) -> Path:
     check_run_folder(run_dir, args)
     run_dir.mkdir(parents=True, exist_ok=True)
     setup_logging(run_dir, info.is_main)
-    if info.is_main:
-        OmegaConf.save(cfg, run_dir / "config.yaml")
-
     root = None
     if not args.dry_run:
         root = task.module.data_root(cfg, args.data_root, info)
+    if hasattr(task.module, "finalize_config"):  # values that depend on the data (MAE: epochs -> iterations)
+        task.module.finalize_config(cfg, root)
+    if info.is_main:
+        OmegaConf.save(cfg, run_dir / "config.yaml")
     seed = cfg.train.seed if "train" in cfg else 0
     seed_everything(seed)  # the same random init on every rank
     protocol = OmegaConf.to_container(cfg.get("backbone", {}), resolve=True)
@@ -240,6 +242,8 @@ def run(args, stop: StopRequest | None = None) -> Path:
             print(f"wrote {run_dir / 'load_report.json'}")
         return run_dir
     seed_everything(seed + info.rank)  # each rank its own drop-path / sampling stream
+    if args.visualize:
+        return visualize(args, task, cfg, model, root, run_dir)
     if args.eval_only:
         ckpt = run_dir / CHECKPOINT
         if not ckpt.exists():
@@ -264,6 +268,22 @@ def run(args, stop: StopRequest | None = None) -> Path:
         }  # fmt: skip
         (run_dir / "metrics.json").write_text(json.dumps(record, indent=1) + "\n")
         log.info("wrote %s", run_dir / "metrics.json")
+    return run_dir
+
+
+def visualize(args, task, cfg, model, root, run_dir: Path) -> Path:
+    """--visualize: the reconstruction grid from the run folder's checkpoint (or a full MAE file)."""
+    if not hasattr(task.module, "visualize"):
+        raise ConfigError(f"--visualize draws MAE reconstructions: use it with --task mae_pretrain, not {task.name}")
+    ckpt = run_dir / CHECKPOINT
+    if ckpt.exists():
+        model.load_state_dict(load_training_checkpoint(ckpt)["model"])
+    elif args.weights:
+        task.module.load_full(model, args.weights)
+    else:
+        raise CheckpointError(f"--visualize: no {ckpt} and no --weights (an official MAE _full or visualize file)")
+    path = task.module.visualize(cfg, model, root, run_dir)
+    print(f"wrote {path}")
     return run_dir
 
 

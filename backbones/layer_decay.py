@@ -10,6 +10,8 @@ named in the config:
   head norms (detectron2's own LayerNorm class) and all biases are decayed.
 * ``mmseg``  (LayerDecayOptimizerConstructor): 1-D parameters and biases; pos_embed and
   cls_token are decayed (its name check never matches the ``backbone.`` prefix).
+* ``timm``   (MAE pretraining, timm's ``param_groups_weight_decay``): 1-D parameters and biases,
+  as ``mmseg``.
 * ``none``   (ViTDet H): everything is decayed.
 """
 
@@ -21,7 +23,7 @@ from torch import nn
 
 from .vit import VisionTransformer
 
-WD_POLICIES = ("mae", "vitdet", "mmseg", "none")
+WD_POLICIES = ("mae", "vitdet", "mmseg", "timm", "none")
 
 
 def no_decay_rule(policy: str, model: nn.Module, encoder: VisionTransformer) -> Callable[[str, nn.Parameter], bool]:
@@ -31,7 +33,7 @@ def no_decay_rule(policy: str, model: nn.Module, encoder: VisionTransformer) -> 
     prefix = encoder_prefix(model, encoder)
     if policy == "mae":
         return lambda name, p: p.ndim == 1 or name in (prefix + "pos_embed", prefix + "cls_token")
-    if policy == "mmseg":
+    if policy in ("mmseg", "timm"):
         return lambda name, p: p.ndim == 1 or name.endswith(".bias")
     if policy == "none":
         return lambda name, p: False

@@ -17,7 +17,8 @@ from .vit import VisionTransformer
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 ZOO_FILE = CONFIG_DIR / "backbones.yaml"
 
-PRETRAIN_TAGS = ("mae", "supervised_in1k", "supervised_in21k", "mocov3", "beit", "beit_in22k", "random")
+PRETRAIN_TAGS = ("mae", "supervised_in1k", "supervised_in21k", "supervised_synthetic", "mocov3", "beit", "beit_in22k",
+                 "random")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ def zoo(path: Path = ZOO_FILE) -> dict[str, BackboneSpec]:
             raise ValueError(f"{path}: backbone {name} has pretrain tag {entry['pretrain']!r}; known: {PRETRAIN_TAGS}")
         specs[name] = BackboneSpec(name=name, arch_kwargs=dict(archs[entry["arch"]]), **entry)
     return specs
+
+
+@functools.cache
+def architectures(path: Path = ZOO_FILE) -> dict[str, dict[str, int]]:
+    """The ViT sizes: name -> embed_dim, depth, num_heads, patch_size."""
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)["architectures"]
 
 
 def get_spec(name: str) -> BackboneSpec:

@@ -23,7 +23,7 @@ from .config import ConfigError
 SWEEP_DIR = CONFIG_DIR / "sweeps"
 # run_bench.py options that describe the run itself (everything else says where and how to launch it)
 RUN_OPTIONS = ("task", "backbone", "config", "preset", "protocol", "weights", "data_root", "output_dir", "seed",
-               "device", "resume", "eval_only", "dry_run")  # fmt: skip
+               "device", "resume", "eval_only", "dry_run", "visualize")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from .ade20k import task as ade20k_task
+from .classify import task as classify_task
 from .coco import task as coco_task
+from .mae import task as mae_task
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,12 @@ TASKS = {
         "coco_det", "vitdet", "COCO detection + instance segmentation, Mask R-CNN (box/mask AP)", coco_task
     ),
     "ade20k_seg": Task("ade20k_seg", "upernet", "ADE20K semantic segmentation, UperNet (mIoU)", ade20k_task),
+    "mae_pretrain": Task(
+        "mae_pretrain", "mae", "MAE pretraining of a ViT (held-out masked loss; exports the encoder)", mae_task
+    ),  # fmt: skip
+    "sup_pretrain": Task(
+        "sup_pretrain", "sup", "supervised ViT pretraining on COCO-format object crops (top-1)", classify_task
+    ),  # fmt: skip
 }
 
 

@@ -21,8 +21,10 @@ import pandas as pd
 
 PAPER_CSV = Path(__file__).resolve().parent / "paper_results.csv"
 KNOWN_TASKS = ("coco_det", "ade20k_seg")
+PRETRAIN_TASKS = ("mae_pretrain", "sup_pretrain")  # their runs feed --weights; listed, not tabled
 ARCH_SHORT = {"vit_tiny": "vit_t", "vit_small": "vit_s", "vit_base": "vit_b", "vit_large": "vit_l", "vit_huge": "vit_h"}
-ROW_ORDER = ["random", "supervised_in1k", "supervised_in21k", "mocov3", "beit", "beit_in22k", "mae"]
+ROW_ORDER = ["random", "supervised_in1k", "supervised_in21k", "supervised_synthetic", "mocov3", "beit", "beit_in22k",
+             "mae"]  # fmt: skip
 # The papers' tables: (title, task, our protocol, the csv's protocol, metrics).
 PAPER_TABLES = [
     ("MAE Table 4: COCO Mask R-CNN (Li et al.)", "coco_det", "mae_paper", ["mae_paper"], ["box_AP", "mask_AP"]),
@@ -49,6 +51,10 @@ def read_runs(runs_dir: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
             task = record["task"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             skipped.append((str(folder), f"unreadable metrics.json ({type(err).__name__}: {err})"))
+            continue
+        if task in PRETRAIN_TASKS:
+            numbers = ", ".join(f"{k} {v}" for k, v in metrics.items() if isinstance(v, int | float))
+            skipped.append((str(folder), f"pretraining run ({task}: {numbers}), no transfer metric"))
             continue
         if task not in KNOWN_TASKS:
             skipped.append((str(folder), f"unknown task {task!r}"))
@@ -112,6 +118,23 @@ def paper_table(df: pd.DataFrame, paper: pd.DataFrame, task, protocol, paper_pro
     return out
 
 
+def cpu_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The CPU miniature: rows pretraining; columns APbox / APmask (coco_det) and mIoU (ade20k_seg) x arch."""
+    columns = [("coco_det", "box_AP", "APbox"), ("coco_det", "mask_AP", "APmask"), ("ade20k_seg", "mIoU", "mIoU")]
+    archs = [a for a in ARCH_SHORT if a in set(df.arch)]
+    table = {}
+    for pre in [p for p in ROW_ORDER if p in set(df.pretrain)] + sorted(set(df.pretrain) - set(ROW_ORDER)):
+        row = {}
+        for task, metric, label in columns:
+            for arch in archs:
+                sel = df[(df.pretrain == pre) & (df.task == task) & (df.arch == arch)]
+                values = sel[metric].dropna() if metric in sel else pd.Series(dtype=float)
+                mean = values.mean() if len(values) else float("nan")
+                row[f"{label} {ARCH_SHORT[arch]}"] = cell(mean, values.std(ddof=0), len(values))
+        table[pre] = row
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
 def render(df: pd.DataFrame, fmt: str) -> str:
     if fmt == "md":
         flat = df.copy()
@@ -137,6 +160,10 @@ def report(df: pd.DataFrame, skipped, fmt: str, with_paper: bool) -> str:
             table = paper_table(df, paper, task, protocol, paper_protocols, metrics, with_paper)
             if len(df[(df.task == task) & (df.protocol == protocol) & df.arch.isin(["vit_base", "vit_large"])]):
                 parts += [f"## {title}", render(table, fmt), "† stand-in weights (see `run_bench.py --list-backbones`)"]
+        cpu = df[df.preset == "cpu"]
+        if len(cpu):
+            title = "## CPU presets in the layout of MAE Tables 4 / 5 (rows: pretraining)"
+            parts += [title, render(cpu_table(cpu), fmt)]
     else:
         parts.append("no finished runs")
     if skipped:
