@@ -5,8 +5,7 @@ strategy hands the encoder the same number of visible patches per sample (one de
 Strategies (MAE paper, Fig. 6 / Table 1f):
 * ``random``: uniform per-sample shuffle (MAE's default, 75 %).
 * ``block``:  BEiT's block-wise masking: random rectangles (aspect 0.3–3.3, at least 16 patches)
-  until the ratio is reached; the last few patches are topped up or released at random so the
-  count is exact.
+  while they fit in the ratio; the few patches left are masked at random so the count is exact.
 * ``grid``:   keep one patch of every 2×2 cell (75 % masked), the cell offset random per sample.
 """
 
@@ -63,22 +62,24 @@ def block_scores(n: int, grid: tuple[int, int], ratio: float, generator=None) ->
 
 
 def one_block_mask(h: int, w: int, target: int, generator=None, min_patches: int = 16) -> torch.Tensor:
-    """BEiT's ``MaskingGenerator``: rectangles of random area and aspect until ``target`` are masked."""
+    """BEiT's ``MaskingGenerator``: rectangles of random area and aspect, each kept only when the
+    patches it adds fit in what is left of ``target``; stops when nothing more fits."""
     mask = torch.zeros(h, w)
     log_aspect = (math.log(0.3), math.log(1 / 0.3))
-    for _ in range(10 * h * w):  # each try adds a block or fails; stop once the target is met
-        left = target - int(mask.sum())
-        if left <= 0:
-            break
+    left, misses = target, 0
+    while left > 0 and misses < 10 * h * w:
         u = torch.rand(3, generator=generator).tolist()
         area = min_patches + u[0] * (max(left, min_patches) - min_patches)
         aspect = math.exp(log_aspect[0] + u[1] * (log_aspect[1] - log_aspect[0]))
         bh, bw = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
-        if not (0 < bh <= h and 0 < bw <= w):
-            continue
-        top = int(u[2] * (h - bh + 1))
-        lft = int(torch.randint(0, w - bw + 1, (1,), generator=generator))
-        mask[top : top + bh, lft : lft + bw] = 1
+        top = int(u[2] * max(h - bh + 1, 1))
+        lft = int(torch.randint(0, max(w - bw + 1, 1), (1,), generator=generator))
+        added = int((1 - mask[top : top + bh, lft : lft + bw]).sum())
+        if 0 < bh <= h and 0 < bw <= w and 0 < added <= left:
+            mask[top : top + bh, lft : lft + bw] = 1
+            left -= added
+        else:
+            misses += 1
     return mask
 
 
