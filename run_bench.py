@@ -147,7 +147,7 @@ def resolve_config(args, task, spec):
 def check_run_folder(out: Path, args) -> None:
     """Never overwrite a run: a folder with a checkpoint or metrics needs --resume (or --eval-only)."""
     busy = [p.name for p in (out / CHECKPOINT, out / "metrics.json") if p.exists()]
-    if busy and not (args.resume or args.eval_only or args.dry_run):
+    if busy and not (args.resume or args.eval_only or args.dry_run or args.visualize):
         raise ConfigError(
             f"{out} already holds {', '.join(busy)}: pass --resume to continue it, or another --output-dir"
         )

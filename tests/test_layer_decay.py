@@ -62,8 +62,9 @@ def test_mmseg_policy():
 
 def test_none_policy_and_unknown():
     assert no_decay("none") == set()
+    assert no_decay("timm") == no_decay("mmseg")  # MAE pretraining: timm's 1-D params and biases
     with pytest.raises(ValueError, match="weight-decay policy"):
-        no_decay("timm")
+        no_decay("bogus")
 
 
 def test_groups_build_an_optimizer_and_skip_frozen():

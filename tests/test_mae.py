@@ -182,7 +182,7 @@ def test_cli_pretrains_on_an_image_folder_exports_and_visualizes(tmp_path):
     assert metrics["task"] == "mae_pretrain" and metrics["iterations"] == 4  # 2 epochs x ceil(8 / 4)
     assert 0 < metrics["metrics"]["val_loss"] < 10
     config = (out / "config.yaml").read_text()
-    assert "iterations: 4" in config and "lr: 1.5625e-05" in config  # blr 2e-3 x 4 / 256 (the CPU preset's blr)
+    assert "iterations: 4" in config and "lr: 3.125e-05" in config  # blr 2e-3 x 4 / 256 (the CPU preset's blr)
     assert (out / "mae_pretrain_vit_tiny.pth").exists() and (out / "mae_pretrain_vit_tiny_full.pth").exists()
     (out / "reconstructions.png").unlink()
     vis = subprocess.run(cmd[:cmd.index("--opts")] + ["--visualize"] + cmd[cmd.index("--opts"):], cwd=ROOT,
