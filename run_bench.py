@@ -35,10 +35,10 @@ from benchmarks.engine.distributed import init_distributed
 from benchmarks.engine.preemption import StopRequest
 from benchmarks.engine.trainer import CHECKPOINT, NonFiniteLoss, amp_dtype, load_training_checkpoint, train
 from benchmarks.launch import (
+    SLURM_FOLDER,
     SWEEP_DIR,
     BenchJob,
     cell_output_dir,
-    default_slurm_folder,
     run_argv,
     sbatch_script,
     submit,
@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     slurm.add_argument("--max-requeues", type=int, default=10, help="time limits a job may hit before it fails")
     slurm.add_argument("--signal-delay", type=int, default=120, help="seconds of warning before the time limit")
     slurm.add_argument("--array-parallelism", type=int, default=32, help="sweep jobs running at once")
-    slurm.add_argument("--slurm-folder", default=default_slurm_folder(), help="submitit's logs and pickles")
+    slurm.add_argument("--slurm-folder", default=SLURM_FOLDER, help="submitit's logs and pickles")
     slurm.add_argument("--print-sbatch", action="store_true", help="print the sbatch script and the runs; submit none")
     slurm.add_argument("--submitit-cluster", default="slurm", choices=["slurm", "local"], help=argparse.SUPPRESS)
     return p.parse_args(argv)

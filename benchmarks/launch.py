@@ -21,6 +21,7 @@ from backbones.registry import CONFIG_DIR
 from .config import ConfigError
 
 SWEEP_DIR = CONFIG_DIR / "sweeps"
+SLURM_FOLDER = os.path.join("runs", "slurm", "%j")  # submitit fills in the job id
 # run_bench.py options that describe the run itself (everything else says where and how to launch it)
 RUN_OPTIONS = ("task", "backbone", "config", "preset", "protocol", "weights", "data_root", "output_dir", "seed",
                "device", "resume", "eval_only", "dry_run", "visualize")  # fmt: skip
@@ -189,7 +190,3 @@ def submit(args: argparse.Namespace, argvs: list[list[str]], cluster: str = "slu
     with executor.batch():
         jobs = [executor.submit(BenchJob(argv)) for argv in argvs]
     return jobs
-
-
-def default_slurm_folder() -> str:
-    return os.path.join("runs", "slurm", "%j")

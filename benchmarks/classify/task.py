@@ -23,7 +23,7 @@ from ..coco import task as coco_task
 from ..coco.data import CocoInstances
 from ..engine.distributed import DistInfo
 from ..engine.trainer import save_atomic
-from ..mae.model import IMAGENET_MEAN, IMAGENET_STD
+from ..mae.model import IMAGENET_MEAN, IMAGENET_STD, normalized_batch
 
 log = logging.getLogger("bench")
 
@@ -44,9 +44,6 @@ class ObjectCrops(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
-
-    def num_classes(self) -> int:
-        return len(self.coco.categories)
 
     def __getitem__(self, index: int):
         image_index, ann = self.items[index]
@@ -75,8 +72,7 @@ class Classifier(nn.Module):
 
     def logits(self, images) -> torch.Tensor:
         """images: list of [3, H, W] in [0, 1] or [N, 3, H, W] -> [N, classes]."""
-        x = torch.stack(list(images)) if isinstance(images, list | tuple) else images
-        return self.head(self.encoder((x - self.pixel_mean) / self.pixel_std)[:, 0])
+        return self.head(self.encoder(normalized_batch(images, self.pixel_mean, self.pixel_std))[:, 0])
 
     def forward(self, images, targets=None) -> dict[str, torch.Tensor]:
         labels = torch.tensor([t["label"] for t in targets], device=self.head.weight.device)

@@ -42,6 +42,12 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) ->
     return torch.from_numpy(table).float().unsqueeze(0)
 
 
+def normalized_batch(images, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """A list of [3, H, W] in [0, 1] (the engine's batches) or a tensor -> normalized [N, 3, H, W]."""
+    x = torch.stack(list(images)) if isinstance(images, list | tuple) else images
+    return (x - mean) / std
+
+
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
     """images: [N, 3, H, W] -> [N, L, p·p·3] (MAE's order: row, column, then channel)."""
     n, c, h, w = images.shape
@@ -165,9 +171,7 @@ class MaskedAutoencoder(nn.Module):
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
     def normalize(self, images) -> torch.Tensor:
-        """A list of [3, H, W] in [0, 1] (the engine's batches) or a tensor -> normalized [N, 3, H, W]."""
-        x = torch.stack(list(images)) if isinstance(images, list | tuple) else images
-        return (x - self.pixel_mean) / self.pixel_std
+        return normalized_batch(images, self.pixel_mean, self.pixel_std)
 
     def forward(self, images, targets=None, masking: Masking | None = None) -> dict[str, torch.Tensor]:
         """Training step: {"loss": masked MSE}. images: list of [3, H, W] in [0, 1] or [N, 3, H, W]."""

@@ -13,8 +13,8 @@ import torch
 from backbones.registry import architectures
 
 from ..coco.synthetic import make_synthetic_coco
-from ..datasets import DatasetError, resolve_root
-from ..engine.distributed import DistInfo, barrier
+from ..datasets import DatasetError, dataset_root
+from ..engine.distributed import DistInfo
 from .data import ImageFolder, eval_transform, pretrain_transform, split_folder
 from .export import export, load_full  # noqa: F401  (load_full: run_bench --visualize --weights)
 from .model import MaskedAutoencoder
@@ -25,17 +25,14 @@ log = logging.getLogger("bench")
 
 def data_root(cfg, data_root: str | None, info: DistInfo) -> Path:
     """``--data-root`` (or $IMAGENET_ROOT, datasets/imagenet) wins; else the synthetic COCO images."""
-    if data_root is None and cfg.data.dataset == "synthetic":
-        s = cfg.data.synthetic
-        if info.is_main:
-            make_synthetic_coco(s.root, s.num_train, s.num_val, s.seed)
-        barrier(info)
-        return Path(s.root)
-    root = resolve_root(data_root, "IMAGENET_ROOT", "datasets/imagenet")
+    return dataset_root(cfg.data, data_root, info, "IMAGENET_ROOT", "datasets/imagenet", make_synthetic_coco,
+                        check_image_root)  # fmt: skip
+
+
+def check_image_root(root: Path) -> None:
     if not root.is_dir():
         raise DatasetError(f"pretraining images not found at {root}: pass --data-root DIR (ImageNet layout "
                            "DIR/train/<class>/*.JPEG, or any folder of images) or set $IMAGENET_ROOT")  # fmt: skip
-    return root
 
 
 def finalize_config(cfg, root: Path | None) -> None:
