@@ -20,13 +20,13 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
-# Accuracy regression (CI, after the tests): the CPU presets, collected, checked against the baseline.
+# Accuracy regression (CI, after the tests): the CPU presets (the miniature's random row: two 1-thread
+# runs side by side), collected, checked against the baseline.
 # Tolerance 3 points: same seeds give the same numbers on one machine, but another CPU's kernels can
 # move a 400-iteration run by ~2 points; a real regression (lr off by 100x) costs tens of points.
 regression: $(STAMP)
 	rm -rf runs/ci
-	$(PY) run_bench.py --task coco_det --backbone random_vit_tiny --preset cpu --output-dir runs/ci/coco_det
-	$(PY) run_bench.py --task ade20k_seg --backbone random_vit_tiny --preset cpu --output-dir runs/ci/ade20k_seg
+	$(PY) -m benchmarks.miniature --rows random --jobs 2 --threads 1 --out runs/ci
 	$(PY) -m results.collect runs/ci --check results/baselines/cpu.json --tolerance 3
 
 lint: $(STAMP)

@@ -3,6 +3,7 @@ folder, or the preset's synthetic dataset (generated once by rank 0)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,12 @@ def dataset_root(cfg_data, data_root: str | None, info: DistInfo, env: str, defa
         s = cfg_data.synthetic
         root = Path(s.root)
         if info.is_main:
-            make_synthetic(root, s.num_train, s.num_val, s.seed)
+            root.parent.mkdir(parents=True, exist_ok=True)
+            # Runs launched side by side (the miniature) share one folder: the first writes it, the
+            # others wait on the lock and find it complete instead of reading half-written files.
+            with open(root.parent / f".{root.name}.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                make_synthetic(root, s.num_train, s.num_val, s.seed)
         barrier(info)
         return root
     root = resolve_root(data_root, env, default)
