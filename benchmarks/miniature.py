@@ -16,7 +16,9 @@ sums, hence the last digits of a 400-iteration run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -39,6 +41,17 @@ class Step:
     @property
     def done(self) -> bool:
         return (self.folder / "metrics.json").exists()
+
+    def check_same_command(self) -> None:
+        """A folder made by other arguments (another --pretrain-opts or --seed) is not reused silently."""
+        record = self.folder / "miniature_step.json"
+        if record.exists() and json.loads(record.read_text()) != self.argv:
+            raise SystemExit(f"{self.folder} was made by other arguments ({' '.join(json.loads(record.read_text()))})"
+                             f" than this miniature's ({' '.join(self.argv)}): pass another --out")  # fmt: skip
+        if not record.exists() and self.folder.is_dir():
+            return  # a run folder from before the record existed: trusted as it is
+        self.folder.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(self.argv))
 
     def command(self) -> list[str]:
         resume = ["--resume"] if (self.folder / "last_checkpoint.pth").exists() else []
@@ -71,6 +84,8 @@ def run_steps(plan: list[Step], jobs: int, threads: int, logs: Path) -> bool:
     """Run the plan, ``jobs`` processes at a time; False once a step failed (running ones finish)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     logs.mkdir(parents=True, exist_ok=True)
+    for s in plan:
+        s.check_same_command()
     pending = [s for s in plan if not s.done]
     finished = {s.folder for s in plan if s.done}
     for s in plan:
@@ -120,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch threads per run (default: CPU cores / jobs, at least 1)")  # fmt: skip
     args = p.parse_args(argv)
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds run_steps, which stops the children
     start = time.time()
     ok = run_steps(steps(args.out, args.rows, args.pretrain_opts, args.seed), args.jobs, threads, args.out / "logs")
     print(f"== {'all steps finished' if ok else 'stopped'} after {time.time() - start:.0f} s", flush=True)

@@ -85,6 +85,12 @@ def test_scheduler_respects_dependencies_and_the_job_limit(tmp_path):
     assert run_steps(plan, jobs=2, threads=1, logs=tmp_path / "logs")  # everything done: nothing runs again
     assert not journal.exists()
 
+    other = FakeStep(tmp_path / "pre", journal)
+    other.argv = ["--opts", "model.mask_ratio=0.5"]  # e.g. a variant pointed at the same --out
+    with pytest.raises(SystemExit, match="made by other arguments"):
+        run_steps([other], jobs=1, threads=1, logs=tmp_path / "logs")
+    assert not journal.exists()
+
 
 def test_scheduler_stops_the_dependents_of_a_failed_step(tmp_path, capsys):
     journal = tmp_path / "journal.txt"
