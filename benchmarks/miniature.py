@@ -45,13 +45,14 @@ class Step:
     def check_same_command(self) -> None:
         """A folder made by other arguments (another --pretrain-opts or --seed) is not reused silently."""
         record = self.folder / "miniature_step.json"
-        if record.exists() and json.loads(record.read_text()) != self.argv:
-            raise SystemExit(f"{self.folder} was made by other arguments ({' '.join(json.loads(record.read_text()))})"
-                             f" than this miniature's ({' '.join(self.argv)}): pass another --out")  # fmt: skip
-        if not record.exists() and self.folder.is_dir():
-            return  # a run folder from before the record existed: trusted as it is
-        self.folder.mkdir(parents=True, exist_ok=True)
-        record.write_text(json.dumps(self.argv))
+        if record.exists():
+            made_by = json.loads(record.read_text())
+            if made_by != self.argv:
+                raise SystemExit(f"{self.folder} was made by other arguments ({' '.join(made_by)}) than this "
+                                 f"miniature's ({' '.join(self.argv)}): pass another --out")  # fmt: skip
+        elif not self.folder.is_dir():  # an existing folder without a record predates it: trusted as it is
+            self.folder.mkdir(parents=True)
+            record.write_text(json.dumps(self.argv))
 
     def command(self) -> list[str]:
         resume = ["--resume"] if (self.folder / "last_checkpoint.pth").exists() else []
@@ -61,11 +62,13 @@ class Step:
 def steps(out: Path, rows=ROWS, pretrain_opts: list[str] = (), seed: int = 0) -> list[Step]:
     """The miniature's runs, pretraining first; ``rows`` picks among random / supervised / mae."""
     mae, sup = out / "mae_pretrain", out / "sup_pretrain"
-    seeded = ["--seed", str(seed)]
-    tiny = ["--backbone", "random_vit_tiny", "--preset", "cpu", *seeded]
+
+    def run(task: str, backbone: str = "random_vit_tiny") -> list[str]:
+        return ["--task", task, "--backbone", backbone, "--preset", "cpu", "--seed", str(seed)]
+
     pretraining = {
-        "supervised": Step(sup, ["--task", "sup_pretrain", *tiny]),
-        "mae": Step(mae, ["--task", "mae_pretrain", *tiny, *(["--opts", *pretrain_opts] if pretrain_opts else [])]),
+        "supervised": Step(sup, run("sup_pretrain")),
+        "mae": Step(mae, run("mae_pretrain") + (["--opts", *pretrain_opts] if pretrain_opts else [])),
     }
     finetuned = {"random": ("random_vit_tiny", None),
                  "supervised": ("sup_vit_tiny", sup / "sup_pretrain_encoder.pth"),
@@ -74,8 +77,7 @@ def steps(out: Path, rows=ROWS, pretrain_opts: list[str] = (), seed: int = 0) ->
     for task in FINETUNE_TASKS:  # the longer COCO runs first: the two job slots end closer together
         for row in [r for r in ROWS if r in rows]:
             backbone, weights = finetuned[row]
-            argv = ["--task", task, "--backbone", backbone, "--preset", "cpu", *seeded]
-            argv += ["--weights", str(weights)] if weights else []
+            argv = run(task, backbone) + (["--weights", str(weights)] if weights else [])
             plan.append(Step(out / task / backbone, argv, after=[weights.parent] if weights else []))
     return plan
 
@@ -84,13 +86,14 @@ def run_steps(plan: list[Step], jobs: int, threads: int, logs: Path) -> bool:
     """Run the plan, ``jobs`` processes at a time; False once a step failed (running ones finish)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     logs.mkdir(parents=True, exist_ok=True)
+    pending, finished = [], set()
     for s in plan:
         s.check_same_command()
-    pending = [s for s in plan if not s.done]
-    finished = {s.folder for s in plan if s.done}
-    for s in plan:
         if s.done:
             print(f"== done already: {s.folder}", flush=True)
+            finished.add(s.folder)
+        else:
+            pending.append(s)
     running: dict[subprocess.Popen, tuple[Step, float]] = {}
     failed = False
     try:
