@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from backbones import CheckpointError, build_encoder, encoder_kwargs, get_spec, load_pretrained, zoo
+from benchmarks.checkpoints import load_model_checkpoint
 from benchmarks.config import (
     CONFIG_DIR,
     ConfigError,
@@ -75,7 +76,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, help="random seed (train.seed)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint")
-    p.add_argument("--eval-only", action="store_true", help="evaluate the run folder's last checkpoint")
+    p.add_argument(
+        "--eval-only", action="store_true", help="evaluate the run folder's last checkpoint (or --checkpoint)"
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE|NAME",
+        help="a whole fine-tuned model for --eval-only: a run's checkpoint, a reference codebase's file "
+        "(detectron2 .pkl/.pth) or a released model of configs/released.yaml (downloaded once)",
+    )
     p.add_argument("--dry-run", action="store_true", help="build the model, load the weights, write load_report.json")
     p.add_argument("--visualize", action="store_true", help="mae_pretrain: write reconstructions.png and exit")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -211,6 +220,10 @@ def run(args, stop: StopRequest | None = None) -> Path:
     """One benchmark run into ``args.output_dir``; ``stop``: checkpoint and stop on a Slurm signal."""
     started = datetime.datetime.now().astimezone()
     spec, task = get_spec(args.backbone), get_task(args.task)
+    if args.checkpoint and not (args.eval_only or args.dry_run):
+        raise ConfigError("--checkpoint loads a whole fine-tuned model to evaluate: add --eval-only (or --dry-run)")
+    if args.checkpoint and args.weights:
+        raise ConfigError("--checkpoint holds the whole model: --weights (a pretrained backbone) has no use with it")
     cfg, config_path = resolve_config(args, task, spec)
     info = init_distributed(args.device)
     run_dir = Path(args.output_dir)
@@ -231,8 +244,12 @@ def run(args, stop: StopRequest | None = None) -> Path:
         protocol["grad_checkpointing"] = True
     encoder = build_encoder(spec, protocol)
     model = task.build_model(cfg, encoder, root)
-    report = load_pretrained(encoder, spec, args.weights)
-    report.add_model(model, encoder)
+    checkpoint = None
+    if args.checkpoint:  # a whole fine-tuned model: the pretrained backbone file is not needed
+        report, checkpoint = load_model_checkpoint(task, model, spec, cfg, args.checkpoint)
+    else:
+        report = load_pretrained(encoder, spec, args.weights)
+        report.add_model(model, encoder)
     report.task, report.config, report.encoder = task.name, str(config_path), encoder_kwargs(spec, protocol)
     if info.is_main:
         report.to_json(run_dir / "load_report.json")
@@ -244,7 +261,9 @@ def run(args, stop: StopRequest | None = None) -> Path:
     seed_everything(seed + info.rank)  # each rank its own drop-path / sampling stream
     if args.visualize:
         return visualize(args, task, cfg, model, root, run_dir)
-    if args.eval_only:
+    if args.checkpoint:
+        iterations = checkpoint.get("iteration")
+    elif args.eval_only:
         ckpt = run_dir / CHECKPOINT
         if not ckpt.exists():
             raise CheckpointError(f"--eval-only: no {ckpt}; train first or point --output-dir at a finished run")
@@ -262,7 +281,7 @@ def run(args, stop: StopRequest | None = None) -> Path:
             "config": str(config_path), "dataset": str(root), "split": cfg.data.test_split,
             "iterations": iterations, "images_per_batch": cfg.train.images_per_batch,
             "world_size": info.world_size, "seed": cfg.train.seed, "metrics": metrics,
-            "git_commit": git_commit(), "started": started.isoformat(timespec="seconds"),
+            "checkpoint": checkpoint, "git_commit": git_commit(), "started": started.isoformat(timespec="seconds"),
             "finished": finished.isoformat(timespec="seconds"),
             "wall_seconds": round((finished - started).total_seconds(), 1),
         }  # fmt: skip

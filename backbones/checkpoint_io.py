@@ -3,7 +3,9 @@
 A ``.pth`` from the internet is a pickle, i.e. a program. Files are read with
 ``torch.load(weights_only=True)`` (tensors, containers and primitives only; ``argparse.Namespace``
 is allow-listed because the reference codebases' own ``save_model`` stores ``args``) or with
-safetensors. Anything else is refused before a single object of it is built.
+safetensors. detectron2's model-zoo ``.pkl`` files (numpy arrays in plain dicts) go through an
+unpickler that builds numpy arrays, dtypes and plain containers only. Anything else is refused
+before a single object of it is built.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file as load_safetensors
@@ -124,12 +127,58 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> tuple[Pat
     return path, info
 
 
+# What a numpy-array pickle may name, under numpy 1.x and 2.x module paths; nothing else is built.
+NUMPY_GLOBALS = {
+    (module, name): obj
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name, obj in (("_reconstruct", np._core.multiarray._reconstruct), ("scalar", np._core.multiarray.scalar))
+} | {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("collections", "OrderedDict"): dict}
+
+
+def latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """How protocol-2 pickles spell ``bytes`` (``_codecs.encode(text, 'latin1')``), and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+NUMPY_GLOBALS[("_codecs", "encode")] = latin1_bytes
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, dtypes, numbers, strings and containers; refuses every other global."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in NUMPY_GLOBALS:
+            return NUMPY_GLOBALS[(module, name)]
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def read_numpy_pickle(path: Path) -> Any:
+    """A detectron2 model-zoo ``.pkl`` (``{'model': {name: ndarray}, ...}``), read without running code."""
+    try:
+        with open(path, "rb") as f:
+            return NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused. It asks for the global {err}, which a checkpoint of numpy arrays never needs "
+            "(only numpy arrays, dtypes and plain containers are admitted); nothing in it was executed. "
+            "Get the file from its official URL."
+        ) from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        why = f"{type(err).__name__}: {err}"
+        raise CheckpointError(f"{path}: not a readable pickle ({why}); download it again") from err
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The object stored in a checkpoint, read without executing anything.
 
-    ``.safetensors`` -> flat tensor dict; anything else -> ``torch.load(weights_only=True)``.
+    ``.safetensors`` -> flat tensor dict; ``.pkl`` -> numpy arrays (detectron2's model zoo);
+    anything else -> ``torch.load(weights_only=True)``.
     """
     path = Path(path)
+    if path.suffix == ".pkl":
+        return read_numpy_pickle(path)
     if path.suffix == ".npz":
         raise CheckpointError(
             f"{path}: JAX .npz checkpoints are not read by this suite; use the timm hub .safetensors file "

@@ -23,7 +23,8 @@ from .config import ConfigError
 SWEEP_DIR = CONFIG_DIR / "sweeps"
 SLURM_FOLDER = os.path.join("runs", "slurm", "%j")  # submitit fills in the job id
 # run_bench.py options that describe the run itself (everything else says where and how to launch it)
-RUN_OPTIONS = ("task", "backbone", "config", "preset", "protocol", "weights", "data_root", "output_dir", "seed",
+RUN_OPTIONS = ("task", "backbone", "config", "preset", "protocol", "weights", "checkpoint", "data_root", "output_dir",
+               "seed",
                "device", "resume", "eval_only", "dry_run", "visualize")  # fmt: skip
 
 

@@ -29,7 +29,9 @@ ROW_ORDER = ["random", "supervised_in1k", "supervised_in21k", "supervised_synthe
 PAPER_TABLES = [
     ("MAE Table 4: COCO Mask R-CNN (Li et al.)", "coco_det", "mae_paper", ["mae_paper"], ["box_AP", "mask_AP"]),
     ("MAE Table 5: ADE20K UperNet", "ade20k_seg", "upernet", ["upernet_beit"], ["mIoU"]),
-    ("ViTDet: COCO Mask R-CNN", "coco_det", "vitdet", ["vitdet", "vitdet_norelpos"], ["box_AP", "mask_AP"]),
+    ("ViTDet: COCO Mask R-CNN", "coco_det", "vitdet", ["vitdet"], ["box_AP", "mask_AP"]),
+    ("ViTDet Table 4: COCO Mask R-CNN, no relative position", "coco_det", "vitdet_norelpos", ["vitdet_norelpos"],
+     ["box_AP", "mask_AP"]),
 ]
 RUN_MARKERS = ("config.yaml", "load_report.json", "last_checkpoint.pth")
 HEADLINE = ("box_AP", "mask_AP", "mIoU", "mIoU_ms_flip")  # what the baseline guards
@@ -62,6 +64,10 @@ def read_runs(runs_dir: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
         meta = {k: record.get(k) for k in ("task", "backbone", "arch", "pretrain", "provenance", "protocol",
                                            "preset", "seed", "iterations", "wall_seconds")}  # fmt: skip
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        checkpoint = record.get("checkpoint") or {}
+        if checkpoint.get("released"):  # a released model evaluated here: its own table, not a protocol cell
+            meta |= {"released": checkpoint["released"], "published": checkpoint.get("published", {}),
+                     "source": checkpoint.get("source", ""), "protocol": "released"}  # fmt: skip
         rows.append({**meta, **numbers, "run": str(folder)})
     return pd.DataFrame(rows), skipped
 
@@ -118,6 +124,26 @@ def paper_table(df: pd.DataFrame, paper: pd.DataFrame, task, protocol, paper_pro
     return out
 
 
+def released_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Released fine-tuned models evaluated here, beside the numbers their authors published."""
+    table = {}
+    for _, run in df.iterrows():
+        row = {}
+        for metric in ("box_AP", "mask_AP", "mIoU"):
+            published = run.published.get(metric)
+            if published is None:
+                continue
+            ours = run.get(metric)
+            row[(metric, "here")] = f"{ours:.1f}" if pd.notna(ours) else "–"
+            row[(metric, "published")] = f"{published:.1f}"
+            row[(metric, "Δ")] = f"{ours - published:+.1f}" if pd.notna(ours) else "–"
+        row[("", "source")] = run.source
+        table[f"{run.released} ({run.task})"] = row
+    out = pd.DataFrame.from_dict(table, orient="index")
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
+
+
 def cpu_table(df: pd.DataFrame) -> pd.DataFrame:
     """The CPU miniature: rows pretraining; columns APbox / APmask (coco_det) and mIoU (ade20k_seg) x arch."""
     columns = [("coco_det", "box_AP", "APbox"), ("coco_det", "mask_AP", "APmask"), ("ade20k_seg", "mIoU", "mIoU")]
@@ -160,7 +186,10 @@ def report(df: pd.DataFrame, skipped, fmt: str, with_paper: bool) -> str:
             table = paper_table(df, paper, task, protocol, paper_protocols, metrics, with_paper)
             if len(df[(df.task == task) & (df.protocol == protocol) & df.arch.isin(["vit_base", "vit_large"])]):
                 parts += [f"## {title}", render(table, fmt), "† stand-in weights (see `run_bench.py --list-backbones`)"]
-        cpu = df[df.preset == "cpu"]
+        released = df[df.protocol == "released"] if "released" in df else df.iloc[:0]
+        if len(released):
+            parts += ["## Released weights, evaluated here", render(released_table(released), fmt)]
+        cpu = df[(df.preset == "cpu") & (df.protocol != "released")]
         if len(cpu):
             title = "## CPU presets in the layout of MAE Tables 4 / 5 (rows: pretraining)"
             parts += [title, render(cpu_table(cpu), fmt)]

@@ -6,7 +6,9 @@ from omegaconf import OmegaConf
 from torchvision.ops import roi_align
 
 from backbones import build_encoder, get_spec
+from benchmarks.coco.evaluate import detect
 from benchmarks.coco.model import AlignedMultiScaleRoIAlign, build_mask_rcnn
+from benchmarks.coco.transforms import resize_shortest_edge
 from benchmarks.config import CONFIG_DIR, apply_overrides, load_config
 
 
@@ -64,11 +66,12 @@ def test_train_losses_and_eval_outputs(config):
     losses = model(images, targets)
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
     sum(losses.values()).backward()
-    model.eval()
-    with torch.no_grad():
-        out = model([torch.rand(3, 200, 150)])  # resized so the long side is the 128 canvas, mapped back
-    assert out[0]["masks"].shape[1:] == (1, 200, 150) or len(out[0]["boxes"]) == 0
-    assert (out[0]["boxes"][:, 2:] <= torch.tensor([150, 200])).all()
+    image = (torch.rand(3, 200, 150) * 255).to(torch.uint8)
+    resized = resize_shortest_edge(image, 128, 128)  # the long side to the 128 canvas
+    assert resized.shape == (3, 128, 96)
+    out = detect(model, [resized], [(200, 150)])  # mapped back to the original image
+    assert out[0]["masks"].shape[1:] == (1, 200, 150) and out[0]["masks"].dtype == torch.bool
+    assert len(out[0]["boxes"]) > 0 and (out[0]["boxes"][:, 2:] <= torch.tensor([150, 200])).all()
 
 
 def test_aligned_roi_align_matches_torchvision_aligned():

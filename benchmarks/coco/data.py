@@ -81,7 +81,8 @@ class CocoInstances(torch.utils.data.Dataset):
 
     ``train=True`` keeps images with at least one non-crowd instance and returns targets
     (crowd regions are not training targets); ``train=False`` keeps every image, targets omitted
-    (the evaluator reads the annotation file).
+    (the evaluator reads the annotation file): the target is ``{"image_id", "orig_size": (H, W)}``
+    and ``transforms`` takes the image only (the test-time resize).
 
     Returns ``(image uint8 [3, H, W], target)`` with target ``{"image_id", "boxes" (XYXY
     tv_tensors.BoundingBoxes), "masks" (tv_tensors.Mask [N, H, W]), "labels" [N]}``.
@@ -141,7 +142,9 @@ class CocoInstances(torch.utils.data.Dataset):
         info = self.images[index]
         image = self.read_image(info)
         if not self.train:
-            return image, {"image_id": info["id"]}
+            orig_size = tuple(image.shape[1:])
+            image = self.transforms(image) if self.transforms is not None else image
+            return image, {"image_id": info["id"], "orig_size": orig_size}
         target = self.target(info, image.shape[1], image.shape[2])
         if self.transforms is not None:
             image, target = self.transforms(image, target)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 
+from .detectron2_ops import detector_postprocess
+
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 PREFIX = {"bbox": "box", "segm": "mask"}
 
@@ -36,7 +38,8 @@ def coco_api(backend: str | None = None):
 
 
 def to_coco_results(outputs: list[dict], image_ids: list[int], coco_id_of, mask_threshold: float = 0.5) -> list[dict]:
-    """torchvision detections (boxes xyxy, scores, labels, masks [N, 1, H, W] probabilities) -> COCO results."""
+    """Detections (boxes xyxy, scores, labels, masks [N, 1, H, W] bool, or probabilities kept > threshold)
+    -> COCO results."""
     results = []
     for out, image_id in zip(outputs, image_ids, strict=True):
         boxes = out["boxes"].float().cpu()
@@ -44,7 +47,8 @@ def to_coco_results(outputs: list[dict], image_ids: list[int], coco_id_of, mask_
         masks = out.get("masks")
         rles = []
         if masks is not None and len(masks):
-            binary = (masks[:, 0] > mask_threshold).cpu().numpy().astype(np.uint8)
+            binary = masks[:, 0] if masks.dtype == torch.bool else masks[:, 0] > mask_threshold
+            binary = binary.cpu().numpy().astype(np.uint8)
             rles = mask_utils.encode(np.asfortranarray(binary.transpose(1, 2, 0)))
         for i, (box, score, label) in enumerate(
             zip(boxes.tolist(), out["scores"].tolist(), out["labels"].tolist(), strict=True)
@@ -109,14 +113,26 @@ def category_ap(ev, gt) -> dict[int, float]:
 
 
 @torch.no_grad()
-def predict(model, loader, device, coco_id_of, amp_dtype=None, progress=None) -> list[dict]:
-    """Run the detector over ``loader`` and return COCO results (masks RLE-encoded batch by batch)."""
+def detect(model, images: list[torch.Tensor], orig_sizes, paste: str = "detectron2", mask_threshold: float = 0.5,
+           amp_dtype=None) -> list[dict]:  # fmt: skip
+    """Resized test images ([3, h, w], 0-255) -> detections on the original images (``orig_sizes``)."""
     model.eval()
+    device = next(model.parameters()).device
+    images = [im.to(device, non_blocking=True).float() / 255 for im in images]
+    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        preds = model(images)
+    return [
+        detector_postprocess(p, tuple(im.shape[-2:]), tuple(size), paste, mask_threshold)
+        for p, im, size in zip(preds, images, orig_sizes, strict=True)
+    ]
+
+
+def predict(model, loader, coco_id_of, paste: str = "detectron2", mask_threshold: float = 0.5, amp_dtype=None,
+            progress=None) -> list[dict]:  # fmt: skip
+    """Run the detector over ``loader`` and return COCO results (masks RLE-encoded batch by batch)."""
     results = []
     for images, targets in loader:
-        images = [im.to(device, non_blocking=True).float() / 255 for im in images]
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            preds = model(images)
+        preds = detect(model, images, [t["orig_size"] for t in targets], paste, mask_threshold, amp_dtype)
         results += to_coco_results(preds, [t["image_id"] for t in targets], coco_id_of)
         if progress is not None:
             progress.update(len(images))

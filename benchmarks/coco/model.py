@@ -8,8 +8,10 @@ Two necks turn the plain ViT into a multi-scale backbone (both end in 256-channe
   outputs at depth d/4, 2d/4, 3d/4, d, resampled to strides 4 / 8 / 16 / 32 with channels kept
   at C, then a standard FPN with BatchNorm.
 
-Everything else is torchvision's ``MaskRCNN`` with the papers' head shapes; the values come from
-the config's ``model:`` section.
+Everything else is torchvision's Mask R-CNN parts (RPN, RoI heads, heads) with the papers' shapes,
+composed in ``GeneralizedRCNN``; where torchvision computes differently from detectron2 (the
+reference code of ViTDet and Li et al.), ``detectron2_ops`` holds detectron2's way, picked per piece
+by ``model.ops``. The values come from the config's ``model:`` section.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ from collections import OrderedDict
 
 import torch
 from torch import nn
-from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
+from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -31,6 +34,15 @@ from torchvision.ops.poolers import LevelMapper
 from backbones import VisionTransformer
 
 from ..necks import norm_layer, resampler
+from .detectron2_ops import (
+    IMPLS,
+    CellAnchorGenerator,
+    DetectronLevelMapper,
+    FP32BoxCoder,
+    MaskRoIHeads,
+    ProposalNetwork,
+    init_heads_like_detectron2,
+)
 
 LEVELS = ("p2", "p3", "p4", "p5")
 STRIDES = (4, 8, 16, 32)
@@ -94,10 +106,11 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
     Levels and scales are fixed (p2-p5, strides 4-32) instead of inferred from the first batch.
     """
 
-    def __init__(self, output_size: int, sampling_ratio: int = 0):
+    def __init__(self, output_size: int, sampling_ratio: int = 0, level_mapper: str = "detectron2"):
         super().__init__(list(LEVELS), output_size, sampling_ratio)
         self.scales = [1.0 / s for s in STRIDES]
-        self.map_levels = LevelMapper(2, 5, canonical_scale=224, canonical_level=4)
+        mapper = DetectronLevelMapper if level_mapper == "detectron2" else LevelMapper
+        self.map_levels = mapper(2, 5, canonical_scale=224, canonical_level=4)
 
     def forward(self, x, boxes, image_shapes):
         """x: {p2..p5: [B, C, h, w]}, boxes: per image [N_i, 4] xyxy -> [ΣN_i, C, S, S]."""
@@ -113,25 +126,36 @@ class AlignedMultiScaleRoIAlign(MultiScaleRoIAlign):
 
 
 class CanvasTransform(GeneralizedRCNNTransform):
-    """Normalise, resize (test only), pad every image to the square canvas.
+    """Normalise and pad every image to the square canvas; no resizing, no post-processing.
 
-    Training images arrive already scaled and cropped by LSJ in the data pipeline; test images are
-    resized so the longest side is the canvas (ViTDet's ResizeShortestEdge(canvas, max_size=canvas)).
-    Padding the whole batch to canvas × canvas keeps the token grid fixed, as ViTDet does.
+    Training images arrive scaled and cropped by LSJ, test images resized by the data pipeline
+    (``transforms.resize_shortest_edge``), so the model sees what detectron2's model sees. Padding the
+    whole batch to canvas × canvas keeps the token grid fixed, as ViTDet does. Detections come out in
+    the input image's pixels with 28×28 mask probabilities; ``detector_postprocess`` maps them back.
     """
 
     def __init__(self, canvas: int, mean: list[float], std: list[float]):
         super().__init__(canvas, canvas, [m / 255 for m in mean], [s / 255 for s in std], size_divisible=canvas)
 
     def resize(self, image, target=None):
-        if self.training:
-            return image, target
-        return super().resize(image, target)
+        return image, target
+
+    def postprocess(self, result, image_shapes, original_image_sizes):
+        return result
 
 
-def build_mask_rcnn(cfg, encoder: VisionTransformer, num_classes: int) -> MaskRCNN:
+def check_ops(ops) -> None:
+    for key, value in ops.items():
+        allowed = ("fp32", "autocast") if key == "box_decode" else IMPLS
+        if value not in allowed:
+            raise ValueError(f"model.ops.{key} must be one of {allowed}, got {value!r}")
+
+
+def build_mask_rcnn(cfg, encoder: VisionTransformer, num_classes: int) -> GeneralizedRCNN:
     """Mask R-CNN from the config's ``model:`` section; ``num_classes`` excludes the background."""
     m = cfg.model
+    ops = m.ops
+    check_ops(ops)
     if m.neck == "simple_pyramid":
         backbone = SimpleFeaturePyramid(encoder, m.fpn_channels, norm=m.head_norm)
     elif m.neck == "multiscale_taps":
@@ -141,35 +165,46 @@ def build_mask_rcnn(cfg, encoder: VisionTransformer, num_classes: int) -> MaskRC
         raise ValueError(f"model.neck must be simple_pyramid or multiscale_taps, got {m.neck!r}")
     c = m.fpn_channels
     head_norm = norm_layer(m.head_norm)
-    anchors = AnchorGenerator(tuple((s,) for s in m.anchor_sizes), (tuple(m.aspect_ratios),) * len(m.anchor_sizes))
-    model = MaskRCNN(
-        backbone,
-        num_classes=None,
-        rpn_anchor_generator=anchors,
-        rpn_head=RPNHead(c, len(m.aspect_ratios), conv_depth=m.rpn_conv_depth),
-        rpn_pre_nms_top_n_train=m.rpn.pre_nms_topk_train,
-        rpn_pre_nms_top_n_test=m.rpn.pre_nms_topk_test,
-        rpn_post_nms_top_n_train=m.rpn.post_nms_topk_train,
-        rpn_post_nms_top_n_test=m.rpn.post_nms_topk_test,
-        rpn_nms_thresh=m.rpn.nms_thresh,
-        rpn_fg_iou_thresh=m.rpn.iou_thresholds[1],
-        rpn_bg_iou_thresh=m.rpn.iou_thresholds[0],
-        rpn_batch_size_per_image=m.rpn.batch_size_per_image,
-        rpn_positive_fraction=m.rpn.positive_fraction,
-        box_roi_pool=AlignedMultiScaleRoIAlign(7),
-        box_head=FastRCNNConvFCHead((c, 7, 7), [c] * m.box_head.num_conv, [m.box_head.fc_dim], norm_layer=head_norm),
-        box_predictor=FastRCNNPredictor(m.box_head.fc_dim, num_classes + 1),
-        box_score_thresh=m.inference.score_thresh,
-        box_nms_thresh=m.inference.nms_thresh,
-        box_detections_per_img=m.inference.detections_per_image,
-        box_fg_iou_thresh=m.roi.iou_threshold,
-        box_bg_iou_thresh=m.roi.iou_threshold,
-        box_batch_size_per_image=m.roi.batch_size_per_image,
-        box_positive_fraction=m.roi.positive_fraction,
-        bbox_reg_weights=tuple(m.roi.box_reg_weights),
-        mask_roi_pool=AlignedMultiScaleRoIAlign(14),
+    coder = FP32BoxCoder if ops.box_decode == "fp32" else BoxCoder
+    anchor_generator = CellAnchorGenerator if ops.anchors == "detectron2" else AnchorGenerator
+    anchors = anchor_generator(tuple((s,) for s in m.anchor_sizes), (tuple(m.aspect_ratios),) * len(m.anchor_sizes))
+    r = m.rpn
+    rpn = ProposalNetwork(
+        anchors,
+        RPNHead(c, len(m.aspect_ratios), conv_depth=m.rpn_conv_depth),
+        r.iou_thresholds[1],
+        r.iou_thresholds[0],
+        r.batch_size_per_image,
+        r.positive_fraction,
+        {"training": r.pre_nms_topk_train, "testing": r.pre_nms_topk_test},
+        {"training": r.post_nms_topk_train, "testing": r.post_nms_topk_test},
+        r.nms_thresh,
+        impl=ops.proposals,
+        smooth_l1_beta=r.smooth_l1_beta,
+    )
+    rpn.box_coder = coder(weights=(1.0, 1.0, 1.0, 1.0))
+    roi_heads = MaskRoIHeads(
+        AlignedMultiScaleRoIAlign(7, level_mapper=ops.level_mapper),
+        FastRCNNConvFCHead((c, 7, 7), [c] * m.box_head.num_conv, [m.box_head.fc_dim], norm_layer=head_norm),
+        FastRCNNPredictor(m.box_head.fc_dim, num_classes + 1),
+        m.roi.iou_threshold,
+        m.roi.iou_threshold,
+        m.roi.batch_size_per_image,
+        m.roi.positive_fraction,
+        tuple(m.roi.box_reg_weights),
+        m.inference.score_thresh,
+        m.inference.nms_thresh,
+        m.inference.detections_per_image,
+        mask_roi_pool=AlignedMultiScaleRoIAlign(14, level_mapper=ops.level_mapper),
         mask_head=MaskRCNNHeads(c, [c] * m.mask_head.num_conv, 1, norm_layer=head_norm),
         mask_predictor=MaskRCNNPredictor(c, c, num_classes + 1),
+        impl=ops.roi_post,
+        mask_targets=ops.mask_targets,
+        smooth_l1_beta=m.roi.smooth_l1_beta,
     )
-    model.transform = CanvasTransform(cfg.data.canvas, list(m.pixel_mean), list(m.pixel_std))
+    roi_heads.box_coder = coder(tuple(m.roi.box_reg_weights))
+    transform = CanvasTransform(cfg.data.canvas, list(m.pixel_mean), list(m.pixel_std))
+    model = GeneralizedRCNN(backbone, rpn, roi_heads, transform)
+    if ops.init == "detectron2":
+        init_heads_like_detectron2(model)
     return model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -12,10 +13,11 @@ from ..datasets import dataset_root
 from ..engine.data import collate_lists
 from ..engine.distributed import DistInfo, all_gather_objects
 from .data import CocoInstances, annotation_file, check_layout, read_json
+from .detectron2_checkpoint import is_detectron2, load_detectron2, model_state
 from .evaluate import evaluate_results, predict
 from .model import build_mask_rcnn
 from .synthetic import make_synthetic_coco
-from .transforms import lsj
+from .transforms import lsj, resize_shortest_edge
 
 log = logging.getLogger("bench")
 
@@ -38,20 +40,33 @@ def build_model(cfg, encoder, root: Path | None = None):
     return build_mask_rcnn(cfg, encoder, num_classes(cfg, root))
 
 
+def load_foreign_checkpoint(model, obj, cfg, report, path) -> str | None:
+    """A detectron2 Mask R-CNN file (ViTDet's .pkl or a detectron2 run's .pth) into ``model``; None if not one."""
+    state = obj.get("model") if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not is_detectron2(state):
+        return None
+    load_detectron2(model, model_state(obj, path), cfg, report)
+    return "detectron2"
+
+
 def train_dataset(cfg, root: Path) -> CocoInstances:
     return CocoInstances(root, cfg.data.train_split, train=True, transforms=lsj(cfg.data.canvas, cfg.data.scale_range))
 
 
 def evaluate(cfg, model, root: Path, run_dir: Path, info: DistInfo, amp_dtype=None) -> dict | None:
     """Every rank predicts its share of the test split; rank 0 gathers and runs COCOeval."""
-    dataset = CocoInstances(root, cfg.data.test_split, train=False)
+    ops = cfg.model.ops
+    resize = partial(resize_shortest_edge, size=cfg.data.canvas, max_size=cfg.data.canvas, impl=ops.test_resize)
+    dataset = CocoInstances(root, cfg.data.test_split, train=False, transforms=resize)
     shard = torch.utils.data.Subset(dataset, range(info.rank, len(dataset), info.world_size))
     loader = torch.utils.data.DataLoader(
         shard, batch_size=cfg.test.images_per_batch, num_workers=cfg.data.workers, collate_fn=collate_lists
     )
     model.to(info.device)
+    amp_dtype = amp_dtype if cfg.test.get("amp", False) else None  # detectron2 evaluates in fp32
     with tqdm(total=len(shard), desc="eval", disable=not info.is_main, dynamic_ncols=True) as bar:
-        results = predict(model, loader, info.device, dataset.categories.coco_id, amp_dtype, bar)
+        results = predict(model, loader, dataset.categories.coco_id, ops.mask_paste,
+                          cfg.model.inference.mask_threshold, amp_dtype, bar)  # fmt: skip
     gathered = all_gather_objects(results, info)
     if not info.is_main:
         return None

@@ -3,12 +3,16 @@
 Flip, scale the image so it fits a random fraction (0.1-2.0) of the square canvas, crop a random
 canvas-sized window (no padding here: the model pads the batch to the canvas after
 normalisation), then recompute each box from its cropped mask and drop instances the crop
-emptied. Test images need no transform here: the model resizes the longest side to the canvas.
+emptied. Test images are resized so they fit the canvas (``resize_shortest_edge``), here rather than
+in the model, as detectron2's test mapper does.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from torchvision import tv_tensors
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
@@ -60,3 +64,34 @@ def lsj(canvas: int, scale_range: tuple[float, float]) -> v2.Compose:
             BoxesFromMasks(),
         ]
     )
+
+
+def shortest_edge_size(height: int, width: int, size: int, max_size: int) -> tuple[int, int]:
+    """detectron2's ResizeShortestEdge output size: short side to ``size``, long side at most ``max_size``, rounded."""
+    scale = size / min(height, width)
+    new_h, new_w = (size, scale * width) if height < width else (scale * height, size)
+    if max(new_h, new_w) > max_size:
+        scale = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * scale, new_w * scale
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+def resize_shortest_edge(image: torch.Tensor, size: int, max_size: int, impl: str = "detectron2") -> torch.Tensor:
+    """The test-time resize. image: uint8 [3, H, W] -> [3, h, w] (uint8 for detectron2, float for torchvision).
+
+    detectron2: the uint8 image through PIL's bilinear resize (antialiased when shrinking) at the rounded
+    size, as ViTDet's test mapper. torchvision: what GeneralizedRCNNTransform did, float bilinear
+    interpolation at the floored size, kept for comparison (``model.ops.test_resize``).
+    """
+    height, width = image.shape[-2:]
+    if impl == "detectron2":
+        h, w = shortest_edge_size(height, width, size, max_size)
+        if (h, w) == (height, width):
+            return image
+        pil = Image.fromarray(image.permute(1, 2, 0).numpy()).resize((w, h), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+    if impl == "torchvision":
+        scale = min(size / min(height, width), max_size / max(height, width))
+        return F.interpolate(image[None].float(), scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
+                             align_corners=False)[0]  # fmt: skip
+    raise ValueError(f"model.ops.test_resize must be detectron2 or torchvision, got {impl!r}")

@@ -1,0 +1,264 @@
+"""detectron2 fidelity: the .pkl reader, the checkpoint converter, the parity harness on the shared
+fixture, each replaced piece against torchvision's (each test fails on torchvision's behaviour), and
+--eval-only --checkpoint on the real COCO sample."""
+
+import json
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from omegaconf import OmegaConf
+from PIL import Image
+from torchvision.models.detection._utils import BoxCoder
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.roi_heads import paste_masks_in_image, project_masks_on_boxes
+from torchvision.ops.poolers import LevelMapper
+
+from backbones import CheckpointError, LoadReport, read_checkpoint
+from benchmarks.coco.detectron2_ops import (
+    CellAnchorGenerator,
+    DetectronLevelMapper,
+    FP32BoxCoder,
+    ProposalNetwork,
+    aligned_mask_targets,
+    fastrcnn_loss,
+    paste_masks_grid_sample,
+)
+from benchmarks.coco.transforms import resize_shortest_edge, shortest_edge_size
+
+FIXTURE = ROOT.parent / "shared" / "reference" / "parity" / "detectron2_vitdet"
+COCO_SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
+needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason="../shared/reference/parity is not here")
+
+
+# ---------------------------------------------------------------------------------------------- .pkl files
+
+
+def write_pkl(path, obj, numpy1_paths=True):
+    blob = pickle.dumps(obj, protocol=2)
+    if numpy1_paths:  # as the released files, pickled under numpy 1.x
+        blob = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    path.write_bytes(blob)
+    return path
+
+
+@pytest.mark.parametrize("numpy1_paths", [True, False])
+def test_pkl_of_numpy_arrays_is_read_under_both_numpy_module_paths(tmp_path, numpy1_paths):
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.array([1, 2], dtype=np.int64)}
+    path = write_pkl(tmp_path / "m.pkl", {"model": arrays, "__author__": "x"}, numpy1_paths)
+    assert (b"numpy.core.multiarray" in path.read_bytes()) == numpy1_paths
+    got = read_checkpoint(path)
+    assert got["__author__"] == "x"
+    np.testing.assert_array_equal(got["model"]["a"], arrays["a"])
+
+
+class Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+def test_pkl_asking_for_another_global_is_refused_and_never_run(tmp_path):
+    marker = tmp_path / "pwned"
+    path = write_pkl(tmp_path / "evil.pkl", {"model": {"w": Payload(str(marker))}})
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    assert str(path) in str(err.value) and "io.open" in str(err.value)
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------- converter
+
+
+def fixture_model(opts=()):
+    from benchmarks.coco.parity import build_reference_model
+
+    return build_reference_model(FIXTURE, json.loads((FIXTURE / "meta.json").read_text()), opts)
+
+
+@needs_fixture
+def test_every_key_of_the_detectron2_fixture_is_mapped_with_the_class_layout_turned():
+    from benchmarks.coco.task import load_foreign_checkpoint
+
+    model, cfg = fixture_model()
+    obj = read_checkpoint(FIXTURE / "model_final.pkl")
+    report = LoadReport("fixture", None, None)
+    assert load_foreign_checkpoint(model, obj, cfg, report, FIXTURE / "model_final.pkl") == "detectron2"
+    assert len(report.loaded) + len(report.resized) == len(obj["model"]) == len(model.state_dict())
+    assert report.resized["backbone.encoder.pos_embed"]["how"] == "cls slot dropped"
+    d2 = torch.from_numpy(obj["model"]["roi_heads.box_predictor.cls_score.weight"])
+    ours = model.roi_heads.box_predictor.cls_score.weight
+    torch.testing.assert_close(ours[0], d2[80])  # background: detectron2's last row is torchvision's first
+    torch.testing.assert_close(ours[1:], d2[:80])
+    deltas = model.roi_heads.box_predictor.bbox_pred.weight
+    assert deltas.shape[0] == 324 and (deltas[:4] == 0).all()
+    torch.testing.assert_close(deltas[4:], torch.from_numpy(obj["model"]["roi_heads.box_predictor.bbox_pred.weight"]))
+
+
+@needs_fixture
+def test_an_unexplained_key_and_wrong_pixel_stats_are_errors_naming_them():
+    from benchmarks.coco.task import load_foreign_checkpoint
+
+    model, cfg = fixture_model()
+    obj = read_checkpoint(FIXTURE / "model_final.pkl")
+    obj["model"]["roi_heads.keypoint_head.fc.weight"] = np.zeros((2, 2), np.float32)
+    with pytest.raises(CheckpointError, match="roi_heads.keypoint_head.fc.weight"):
+        load_foreign_checkpoint(model, obj, cfg, LoadReport("x", None, None), "f.pkl")
+    del obj["model"]["roi_heads.keypoint_head.fc.weight"]
+    obj["model"]["pixel_mean"] = np.array([103.53, 116.28, 123.675], np.float32).reshape(3, 1, 1)  # BGR
+    with pytest.raises(CheckpointError, match="pixel_mean"):
+        load_foreign_checkpoint(model, obj, cfg, LoadReport("x", None, None), "f.pkl")
+    del obj["model"]["roi_heads.box_head.fc1.bias"]
+    obj["model"]["pixel_mean"] = np.array(cfg.model.pixel_mean, np.float32).reshape(3, 1, 1)
+    with pytest.raises(CheckpointError, match="roi_heads.box_head.5.bias"):
+        load_foreign_checkpoint(model, obj, cfg, LoadReport("x", None, None), "f.pkl")
+
+
+@needs_fixture
+def test_parity_harness_passes_every_stage_of_the_shared_fixture():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.parity", str(FIXTURE)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    n = last.split()[1].split("/")[1]
+    assert last == f"parity: {n}/{n} stages pass" and int(n) >= 25, proc.stdout
+    for stage in ("rpn.proposals", "det.masks (matched, pasted)", "source -> resized input"):
+        assert stage in proc.stdout
+
+
+@needs_fixture
+def test_parity_harness_fails_on_torchvision_anchors():
+    from benchmarks.parity import main
+
+    assert main([str(FIXTURE), "--opts", "model.ops.anchors=torchvision"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------- the pieces
+
+
+def test_box_decoding_under_bf16_autocast_equals_fp32():
+    torch.manual_seed(0)
+    anchors = torch.rand(500, 2) * 900
+    anchors = torch.cat([anchors, anchors + 24 + torch.rand(500, 2) * 40], 1)
+    deltas = torch.randn(500, 4) * 0.1
+    want = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode_single(deltas, anchors)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = FP32BoxCoder((10.0, 10.0, 5.0, 5.0)).decode_single(deltas.bfloat16(), anchors)
+        plain = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode_single(deltas.bfloat16(), anchors)
+    assert ours.dtype == torch.float32
+    err = (ours - want).abs().max()
+    assert err < 0.05, err  # only the bf16 rounding of the deltas themselves remains
+    assert (plain.float() - want).abs().max() > 1.0  # torchvision's: coordinates rounded to bf16
+
+
+def test_gt_mask_to_target_to_paste_round_trip_is_exact_for_a_rectangle():
+    mask = torch.zeros(1, 100, 120)
+    mask[0, 20:60, 30:90] = 1  # pixels 30..89 x 20..59
+    box = torch.tensor([[30.0, 20.0, 90.0, 60.0]])
+    target = aligned_mask_targets(mask, box, torch.tensor([0]), 28)
+    assert target.min() == 1  # the whole box is inside the mask
+    pasted = paste_masks_grid_sample(target[:, None], box, 100, 120) >= 0.5
+    assert torch.equal(pasted[0], mask[0].bool())
+    soft = project_masks_on_boxes(mask, box, torch.tensor([0]), 28)  # torchvision: unaligned, soft
+    assert soft.min() < 1
+    legacy = paste_masks_in_image(target[:, None], box, (100, 120))[:, 0] > 0.5
+    assert not torch.equal(legacy[0], mask[0].bool())
+
+
+def test_cell_anchors_are_not_rounded():
+    ours = CellAnchorGenerator(((32,),), ((0.5, 1.0, 2.0),)).cell_anchors[0]
+    torch.testing.assert_close(ours[0], torch.tensor([-22.6274, -11.3137, 22.6274, 11.3137]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours[1], torch.tensor([-16.0, -16.0, 16.0, 16.0]))
+    rounded = AnchorGenerator(((32,),), ((0.5, 1.0, 2.0),)).cell_anchors[0]
+    assert torch.equal(rounded[0], torch.tensor([-23.0, -11.0, 23.0, 11.0]))
+
+
+def test_level_mapper_puts_the_epsilon_inside_the_log():
+    side = 224 * 2 ** (1 - 5e-7)  # just below p5's lower bound
+    box = [torch.tensor([[0.0, 0.0, side, side]], dtype=torch.float64)]
+    assert DetectronLevelMapper(2, 5, 224, 4)(box).item() == 2  # p4 (level 4 - k_min 2)
+    assert LevelMapper(2, 5, 224, 4)(box).item() == 3  # torchvision's epsilon pushes it to p5
+
+
+def rpn(impl):
+    return ProposalNetwork(None, None, 0.7, 0.3, 256, 0.5, {"training": 10, "testing": 10},
+                           {"training": 10, "testing": 10}, 0.7, impl=impl)  # fmt: skip
+
+
+def test_rpn_nms_runs_on_logits_and_keeps_tiny_boxes():
+    boxes = torch.tensor([[[10.0, 10, 50, 50], [11, 10, 50, 50], [60, 60, 60.0005, 60.0005]]])
+    logits = torch.tensor([39.0, 40.0, 1.0])  # sigmoid(39) == sigmoid(40) == 1.0 in fp32
+    (kept,), (scores,) = rpn("detectron2").eval().filter_proposals(boxes, logits, [(100, 100)], [3])
+    assert torch.equal(scores, torch.tensor([40.0, 1.0]))  # the higher logit wins, tiny box kept
+    (kept_tv,), _ = rpn("torchvision").eval().filter_proposals(boxes, logits, [(100, 100)], [3])
+    assert len(kept_tv) == 1  # torchvision: min size 1e-3 drops the tiny box
+
+
+def test_l1_box_loss_with_beta_zero():
+    logits = torch.randn(4, 3)
+    deltas = torch.randn(4, 12)
+    labels, targets = [torch.tensor([1, 2, 0, 0])], [torch.randn(4, 4)]
+    _, loss = fastrcnn_loss(logits, deltas, labels, targets, beta=0.0)
+    d = deltas.view(4, 3, 4)
+    want = ((d[0, 1] - targets[0][0]).abs().sum() + (d[1, 2] - targets[0][1]).abs().sum()) / 4
+    torch.testing.assert_close(loss, want)
+    _, smooth = fastrcnn_loss(logits, deltas * 0.01, labels, targets, beta=1 / 9)
+    _, l1 = fastrcnn_loss(logits, deltas * 0.01, labels, targets, beta=0.0)
+    assert not torch.isclose(smooth, l1)
+
+
+def test_heads_are_initialised_as_detectron2():
+    from test_coco_model import detector
+
+    torch.manual_seed(0)
+    model, _ = detector("vitdet_vit_b.yaml", "random_vit_tiny", ["backbone.img_size=128", "data.canvas=128"])
+    assert abs(model.roi_heads.box_predictor.cls_score.weight.std().item() - 0.01) < 0.001
+    assert abs(model.roi_heads.box_predictor.bbox_pred.weight.std().item() - 0.001) < 0.0001
+    assert abs(model.roi_heads.mask_predictor.mask_fcn_logits.weight.std().item() - 0.001) < 0.0001
+    assert (model.roi_heads.box_predictor.cls_score.bias == 0).all()
+    tv, _ = detector("vitdet_vit_b.yaml", "random_vit_tiny",
+                     ["backbone.img_size=128", "data.canvas=128", "model.ops.init=torchvision"])  # fmt: skip
+    assert tv.roi_heads.box_predictor.bbox_pred.weight.std().item() > 0.01  # PyTorch's Linear default
+
+
+def test_test_resize_rounds_and_uses_pil_bilinear():
+    assert shortest_edge_size(427, 640, 256, 256) == (171, 256)  # 170.8: rounded, torchvision floors to 170
+    image = (torch.rand(3, 427, 640) * 255).to(torch.uint8)
+    ours = resize_shortest_edge(image, 256, 256)
+    pil = np.asarray(Image.fromarray(image.permute(1, 2, 0).numpy()).resize((256, 171), Image.BILINEAR))
+    assert ours.dtype == torch.uint8 and torch.equal(ours, torch.from_numpy(pil.copy()).permute(2, 0, 1))
+    assert resize_shortest_edge(image, 256, 256, "torchvision").shape == (3, 170, 256)
+
+
+# ---------------------------------------------------------------------------------------------- eval-only
+
+
+@needs_fixture
+@pytest.mark.skipif(not COCO_SAMPLE.is_dir(), reason="../shared/data/coco_sample is not here")
+def test_eval_only_with_a_detectron2_pkl_on_the_real_coco_sample(tmp_path):
+    from benchmarks.coco.parity import apply_meta
+
+    cfg, arch = apply_meta(json.loads((FIXTURE / "meta.json").read_text()))
+    cfg.backbone.update(arch)  # the fixture's ViT size (no registered backbone has it)
+    cfg.data.workers = 0
+    OmegaConf.save(cfg, tmp_path / "fixture.yaml")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "run_bench.py", "--task", "coco_det", "--backbone", "random_vit_b", "--config",
+         str(tmp_path / "fixture.yaml"), "--eval-only", "--checkpoint", str(FIXTURE / "model_final.pkl"),
+         "--data-root", str(COCO_SAMPLE), "--output-dir", str(out), "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "metrics.json").read_text())
+    meta = json.loads((FIXTURE / "meta.json").read_text())
+    assert record["checkpoint"]["sha256"] == meta["sha256"]["model_final.pkl"]
+    assert 0 <= record["metrics"]["box_AP"] < 5  # random weights: the path is the point
+    report = json.loads((out / "load_report.json").read_text())
+    assert report["converter"] == "detectron2" and report["unused"] == {} and not report["new"]
+    assert len(json.loads((out / "coco_results.json").read_text())) > 0
