@@ -1,13 +1,25 @@
-"""Speed benchmarks. ``python -m benchmarks.speed mae``: one MAE training step (forward, backward,
-AdamW step) of ViT-B at 224² with 75 % random masking, the encoder on the visible patches only,
-against the same model encoding every patch with mask tokens in its input (the BEiT / SimMIM way),
-on the same batch and masks, alternating, several repeats. The last line is ``speedup: X.XX``
-(median time all-tokens / median time visible-only)."""
+"""Speed benchmarks.
+
+``python -m benchmarks.speed mae``: one MAE training step (forward, backward, AdamW step) of ViT-B at
+224² with 75 % random masking, the encoder on the visible patches only, against the same model encoding
+every patch with mask tokens in its input (the BEiT / SimMIM way), on the same batch and masks,
+alternating, several repeats. The last line is ``speedup: X.XX`` (median time all-tokens / median time
+visible-only).
+
+``python -m benchmarks.speed coco [--arch vit_base --canvas 1024 --threads 2]``: the ViTDet Mask R-CNN's
+training step (forward, backward, AdamW) on one real-sized image with 25 instances, and inference on
+it, each in a fresh process so its peak memory is its own: median s/iteration and peak memory (CUDA's
+allocator peak on a GPU, the process's peak resident set on the CPU).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -81,15 +93,106 @@ def speed_mae(arch: str, batch: int, repeats: int, img_size: int, seed: int = 0)
     return speedup
 
 
+def coco_inputs(canvas: int, instances: int = 25, seed: int = 0):
+    """One LSJ-sized image (canvas × 3/4 canvas) with ``instances`` rectangular objects, as a training batch."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = canvas, canvas * 3 // 4
+    image = torch.rand(3, h, w, generator=g)
+    xy = torch.rand(instances, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
+    wh = 16 + torch.rand(instances, 2, generator=g) * torch.tensor([w * 0.2, h * 0.2])
+    boxes = torch.cat([xy, xy + wh], 1).round()
+    masks = torch.zeros(instances, h, w, dtype=torch.uint8)
+    for m, (x0, y0, x1, y1) in zip(masks, boxes.int().tolist(), strict=True):
+        m[y0:y1, x0:x1] = 1
+    labels = torch.randint(1, 81, (instances,), generator=g)
+    return [image], [{"boxes": boxes, "labels": labels, "masks": masks}]
+
+
+def coco_model(arch: str, canvas: int, device):
+    from omegaconf import OmegaConf
+
+    from .coco.model import build_mask_rcnn
+    from .config import CONFIG_DIR, apply_overrides, load_config
+
+    size = {"vit_base": "b", "vit_large": "l", "vit_huge": "h"}[arch]
+    cfg = load_config(CONFIG_DIR / "coco_det" / f"vitdet_vit_{size}.yaml")
+    cfg = apply_overrides(cfg, [f"backbone.img_size={canvas}", f"data.canvas={canvas}"])
+    encoder = VisionTransformer(**architectures()[arch], **OmegaConf.to_container(cfg.backbone))
+    return build_mask_rcnn(cfg, encoder, 80).to(device), cfg
+
+
+def peak_memory_gb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def coco_worker(mode: str, arch: str, canvas: int, repeats: int, device: str) -> dict:
+    """One process, one mode ("train" or "infer"): median seconds per iteration and peak memory."""
+    from .engine.trainer import build_optimizer
+
+    device = torch.device(device)
+    torch.manual_seed(0)
+    model, cfg = coco_model(arch, canvas, device)
+    images, targets = coco_inputs(canvas)
+    images = [im.to(device) for im in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    optimizer = build_optimizer(cfg, model, model.backbone.encoder)
+    times = []
+    for i in range(repeats + 1):  # the first is a warm-up
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        if mode == "train":
+            model.train()
+            sum(model(images, targets).values()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        else:
+            model.eval()
+            with torch.no_grad():
+                model(images)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:
+            times.append(time.perf_counter() - t0)
+    return {"mode": mode, "seconds": times, "median": statistics.median(times), "peak_gb": peak_memory_gb(device)}
+
+
+def speed_coco(arch: str, canvas: int, repeats: int, threads: int, device: str) -> list[dict]:
+    results = []
+    for mode in ("train", "infer"):
+        cmd = [sys.executable, "-m", "benchmarks.speed", "coco-worker", "--mode", mode, "--arch", arch, "--canvas",
+               str(canvas), "--repeats", str(repeats), "--device", device, "--threads", str(threads)]  # fmt: skip
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        result = json.loads(out.strip().splitlines()[-1])
+        results.append(result)
+        listed = ", ".join(f"{t:.2f}" for t in result["seconds"])
+        print(f"{mode:5s} median {result['median']:.3f} s/iteration, peak memory {result['peak_gb']:.2f} GB "
+              f"(iterations: {listed})", flush=True)  # fmt: skip
+    print(f"ViTDet Mask R-CNN {arch}, canvas {canvas}, 1 image with 25 instances, {device}, {threads} threads")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["mae"])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=["mae", "coco", "coco-worker"])
     p.add_argument("--arch", default="vit_base")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--canvas", type=int, default=1024, help="coco: the square canvas (ViTDet: 1024)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="coco: torch threads")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--mode", choices=["train", "infer"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    speed_mae(args.arch, args.batch, args.repeats, args.img_size)
+    if args.what == "mae":
+        speed_mae(args.arch, args.batch, args.repeats, args.img_size)
+    elif args.what == "coco":
+        speed_coco(args.arch, args.canvas, args.repeats, args.threads, args.device)
+    else:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(coco_worker(args.mode, args.arch, args.canvas, args.repeats, args.device)))
     return 0
 
 

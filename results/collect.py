@@ -166,7 +166,7 @@ def render(df: pd.DataFrame, fmt: str) -> str:
         flat = df.copy()
         if isinstance(flat.columns, pd.MultiIndex):
             flat.columns = [" ".join(c) for c in flat.columns]
-        return flat.to_markdown()
+        return flat.to_markdown(disable_numparse=True)  # cells are formatted strings: keep "+0.0"
     if fmt == "csv":
         return df.to_csv()
     if fmt == "latex":

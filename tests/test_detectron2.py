@@ -262,3 +262,56 @@ def test_eval_only_with_a_detectron2_pkl_on_the_real_coco_sample(tmp_path):
     report = json.loads((out / "load_report.json").read_text())
     assert report["converter"] == "detectron2" and report["unused"] == {} and not report["new"]
     assert len(json.loads((out / "coco_results.json").read_text())) > 0
+
+
+# ---------------------------------------------------------------------------------------------- released
+
+
+def test_released_vitdet_files_are_registered_with_their_md5_prefix():
+    from benchmarks.checkpoints import released_models
+
+    released = released_models()
+    for size, md5 in (("b", "61ccd1"), ("l", "6146ed"), ("h", "7224f1")):
+        r = released[f"vitdet_mask_rcnn_vit_{size}"]
+        assert r.file == f"model_final_{md5}.pkl" and r.checksum == f"md5:{md5}" and r.url.endswith(r.file)
+        assert r.task == "coco_det" and set(r.published) == {"box_AP", "mask_AP"}
+
+
+def test_released_model_downloads_once_verified_and_offline_says_where(tmp_path, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    from benchmarks import checkpoints
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    served = write_pkl(tmp_path / "model_final_abc.pkl", {"model": {"w": np.zeros(2, np.float32)}})
+    md5 = hashlib.md5(served.read_bytes()).hexdigest()[:6]
+    release = dataclasses.replace(checkpoints.released_models()["vitdet_mask_rcnn_vit_b"], url=served.as_uri(),
+                                  file="model_final_abc.pkl", checksum=f"md5:{md5}")  # fmt: skip
+    monkeypatch.setattr(checkpoints, "released_models", lambda: {release.name: release})
+    path, info, found = checkpoints.resolve_checkpoint(release.name)
+    assert path == tmp_path / "home" / "hub" / "checkpoints" / "model_final_abc.pkl" and info["verified"]
+    assert found is release and info["published"] == {"box_AP": 51.6, "mask_AP": 45.9}
+    offline = dataclasses.replace(release, url=(tmp_path / "gone.pkl").as_uri(), file="model_final_61ccd1.pkl")
+    monkeypatch.setattr(checkpoints, "released_models", lambda: {offline.name: offline})
+    with pytest.raises(CheckpointError) as err:
+        checkpoints.resolve_checkpoint(offline.name)
+    assert str(tmp_path / "home" / "hub" / "checkpoints" / "model_final_61ccd1.pkl") in str(err.value)
+
+
+def test_collector_tables_released_weights_beside_the_published_numbers(tmp_path, capsys):
+    from results.collect import main
+
+    run = tmp_path / "runs" / "released"
+    run.mkdir(parents=True)
+    record = {"task": "coco_det", "backbone": "mae_vit_b", "arch": "vit_base", "pretrain": "mae", "provenance": "paper",
+              "protocol": "vitdet", "preset": "paper", "seed": 0, "metrics": {"box_AP": 51.5, "mask_AP": 45.9},
+              "checkpoint": {"released": "vitdet_mask_rcnn_vit_b", "published": {"box_AP": 51.6, "mask_AP": 45.9},
+                             "source": "detectron2 projects/ViTDet/README.md"}}  # fmt: skip
+    (run / "metrics.json").write_text(json.dumps(record))
+    assert main([str(tmp_path / "runs"), "--paper"]) == 0
+    out = capsys.readouterr().out
+    table = out.split("## Released weights, evaluated here")[1]
+    row = next(line for line in table.splitlines() if "vitdet_mask_rcnn_vit_b" in line)
+    assert "51.5" in row and "51.6" in row and "-0.1" in row and "+0.0" in row
+    assert "## ViTDet: COCO Mask R-CNN" not in out  # a released model is not a fine-tuning run of ours
