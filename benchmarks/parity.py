@@ -76,7 +76,11 @@ def run_fixture(folder: Path, image: Path | None, opts: list[str]) -> list[Stage
         from .coco.parity import coco_stages
 
         return coco_stages(folder, meta, image_array, outputs, image, opts)
-    raise FixtureError(f"{folder / 'meta.json'}: no parity harness for the reference {reference!r} (detectron2 only)")
+    if "mmsegmentation" in reference or "mmseg" in reference:
+        from .ade20k.parity import mmseg_stages
+
+        return mmseg_stages(folder, meta, image_array, outputs, image, opts)
+    raise FixtureError(f"{folder / 'meta.json'}: no parity harness for the reference {reference!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

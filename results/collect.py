@@ -129,7 +129,7 @@ def released_table(df: pd.DataFrame) -> pd.DataFrame:
     table = {}
     for _, run in df.iterrows():
         row = {}
-        for metric in ("box_AP", "mask_AP", "mIoU"):
+        for metric in ("box_AP", "mask_AP", "mIoU", "mIoU_ms_flip"):
             published = run.published.get(metric)
             if published is None:
                 continue

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 from ..datasets import DatasetError
 from .metrics import IGNORE_INDEX
@@ -44,6 +44,15 @@ def class_names(root: Path, num_classes: int = 150) -> list[str]:
     return [f"class_{i}" for i in range(num_classes)]
 
 
+def read_rgb(path: Path) -> torch.Tensor:
+    """An image file as uint8 RGB [3, H, W]; an unreadable file is an error naming it."""
+    try:
+        image = np.asarray(Image.open(path).convert("RGB"))
+    except OSError as err:
+        raise DatasetError(f"cannot read {path}: {err}") from err
+    return torch.from_numpy(image.copy()).permute(2, 0, 1)
+
+
 class ADE20K(torch.utils.data.Dataset):
     """(image uint8 [3, H, W], {"sem_seg": int64 [H, W] with 0..149 and 255}) pairs of one split."""
 
@@ -68,8 +77,8 @@ class ADE20K(torch.utils.data.Dataset):
 
     def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, label_path = self.images[index], self.labels[index]
+        image = read_rgb(image_path)
         try:
-            image = np.asarray(Image.open(image_path).convert("RGB"))
             label_img = Image.open(label_path)
             label_img.load()
         except OSError as err:
@@ -77,15 +86,16 @@ class ADE20K(torch.utils.data.Dataset):
         if label_img.mode not in ("L", "P"):
             raise DatasetError(f"{label_path}: label mode {label_img.mode}, expected a uint8 (L) PNG")
         label = np.asarray(label_img)
-        if label.shape != image.shape[:2]:
-            raise DatasetError(f"{label_path}: label {label.shape} and image {image.shape[:2]} differ in size")
-        return torch.from_numpy(image.copy()).permute(2, 0, 1), reduce_zero_label(torch.from_numpy(label.copy()))
+        if label.shape != tuple(image.shape[1:]):
+            raise DatasetError(f"{label_path}: label {label.shape} and image {tuple(image.shape[1:])} differ in size")
+        return image, reduce_zero_label(torch.from_numpy(label.copy()))
 
     def __getitem__(self, index: int):
         image, label = self.read(index)
+        valid = tuple(label.shape)
         if self.transforms is not None:
-            image, label = self.transforms(image, label)
-        return image, {"sem_seg": label, "index": index}
+            image, label, valid = self.transforms(image, label)
+        return image, {"sem_seg": label, "index": index, "valid_hw": torch.tensor(valid)}
 
 
 def rescale_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
@@ -95,9 +105,16 @@ def rescale_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
 
 
 def resize(image: torch.Tensor, label: torch.Tensor | None, size: tuple[int, int]):
-    image = TF.resize(image, list(size), antialias=True)
+    """mmcv's ``imresize`` (cv2): bilinear without antialiasing for the image, nearest for the label.
+
+    image: uint8 [3, H, W]; label: [H, W] or None; size: (h, w).
+    """
+    h, w = size
+    image = torch.from_numpy(cv2.resize(image.permute(1, 2, 0).numpy(), (w, h), interpolation=cv2.INTER_LINEAR))
+    image = image.permute(2, 0, 1).contiguous()
     if label is not None:
-        label = TF.resize(label[None], list(size), interpolation=TF.InterpolationMode.NEAREST)[0]
+        nearest = cv2.resize(label.numpy().astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)  # 0..149, 255
+        label = torch.from_numpy(nearest).to(label.dtype)
     return image, label
 
 
@@ -125,6 +142,12 @@ class TrainPipeline:
         return top, left, min(self.crop, h), min(self.crop, w)
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor):
+        """-> (image uint8 [3, crop, crop] zero-padded, label [crop, crop] 255-padded, valid (h, w)).
+
+        mmseg pads after normalising, so padded pixels are 0 in the network's input; the uint8 image
+        cannot hold that value, so the valid size travels along and the model zeroes the rest after
+        normalising (``UperNet.normalize``).
+        """
         ratio = self.ratio_range[0] + float(torch.rand(())) * (self.ratio_range[1] - self.ratio_range[0])
         target = (int(self.scale[0] * ratio), int(self.scale[1] * ratio))
         image, label = resize(image, label, rescale_size(*image.shape[1:], target))
@@ -134,13 +157,33 @@ class TrainPipeline:
             image, label = image.flip(-1), label.flip(-1)
         image = photometric_distortion(image)
         pad = (0, self.crop - image.shape[2], 0, self.crop - image.shape[1])
-        return F.pad(image, pad, value=0), F.pad(label, pad, value=IGNORE_INDEX)
+        return F.pad(image, pad, value=0), F.pad(label, pad, value=IGNORE_INDEX), (h, w)
+
+
+def to_uint8(img: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+    """mmseg's ``PhotoMetricDistortion.convert``: scale and shift in float, clip to 0-255, truncate to uint8."""
+    return np.clip(img.astype(np.float32) * alpha + beta, 0, 255).astype(np.uint8)
+
+
+def scale_saturation(img: np.ndarray, alpha: float) -> np.ndarray:
+    """OpenCV's HSV S channel of a uint8 RGB [H, W, 3] image scaled by ``alpha`` (mmcv: BGR, the same)."""
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    hsv[:, :, 1] = to_uint8(hsv[:, :, 1], alpha=alpha)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
+def shift_hue(img: np.ndarray, delta: int) -> np.ndarray:
+    """OpenCV's 180-step HSV H channel of a uint8 RGB [H, W, 3] image shifted by ``delta``, wrapping."""
+    hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV)
+    hsv[:, :, 0] = (hsv[:, :, 0].astype(int) + delta) % 180
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
 
 
 def photometric_distortion(image: torch.Tensor) -> torch.Tensor:
-    """mmseg's PhotoMetricDistortion on uint8 RGB: brightness ±32, contrast and saturation ×[0.5, 1.5],
-    hue ±18/180, each with probability 0.5, contrast before or after the colour changes."""
-    img = image.float()
+    """mmseg's PhotoMetricDistortion on a uint8 RGB image [3, H, W], step for step: brightness ±32, then
+    contrast ×[0.5, 1.5] either first or last, saturation ×[0.5, 1.5] and hue ±18; each step with
+    probability 0.5 and back to uint8 (clipped) after it."""
+    img = image.permute(1, 2, 0).numpy()
 
     def coin() -> bool:
         return bool(torch.rand(()) < 0.5)
@@ -149,18 +192,17 @@ def photometric_distortion(image: torch.Tensor) -> torch.Tensor:
         return a + float(torch.rand(())) * (b - a)
 
     if coin():
-        img = img + uniform(-32, 32)
-    contrast_first = coin()
-    if contrast_first and coin():
-        img = img * uniform(0.5, 1.5)
-    img = img.clamp(0, 255)
+        img = to_uint8(img, beta=uniform(-32, 32))
+    contrast_last = coin()
+    if not contrast_last and coin():
+        img = to_uint8(img, alpha=uniform(0.5, 1.5))
     if coin():
-        img = TF.adjust_saturation(img / 255, uniform(0.5, 1.5)) * 255
+        img = scale_saturation(img, uniform(0.5, 1.5))
     if coin():
-        img = TF.adjust_hue(img / 255, uniform(-18, 18) / 180) * 255  # OpenCV hue spans 180
-    if not contrast_first and coin():
-        img = img * uniform(0.5, 1.5)
-    return img.clamp(0, 255).round().to(torch.uint8)
+        img = shift_hue(img, int(torch.randint(-18, 19, ())))
+    if contrast_last and coin():
+        img = to_uint8(img, alpha=uniform(0.5, 1.5))
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
 
 
 def test_size(h: int, w: int, scale: tuple[int, int], ratio: float = 1.0) -> tuple[int, int]:

@@ -98,26 +98,53 @@ class UperNet(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) / 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) / 255, persistent=False)
 
-    def normalize(self, images) -> torch.Tensor:
+    def normalize(self, images, valid_hw=None) -> torch.Tensor:
+        """Images in [0, 1] -> normalised [B, 3, H, W]; outside ``valid_hw`` (per image, the part that is
+        not padding) the input is 0, as mmseg's normalise-then-pad gives."""
         x = torch.stack(images) if isinstance(images, list | tuple) else images
-        return (x - self.mean) / self.std
+        x = (x - self.mean) / self.std
+        if valid_hw is not None:
+            rows = torch.arange(x.shape[2], device=x.device)[None, :, None] < valid_hw[:, 0, None, None]
+            cols = torch.arange(x.shape[3], device=x.device)[None, None, :] < valid_hw[:, 1, None, None]
+            x = x * (rows & cols)[:, None].to(x.dtype)
+        return x
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised x: [B, 3, H, W] -> logits [B, K, H, W]."""
         return upsample(self.decode_head(self.backbone(x)), x.shape[-2:])
 
     def forward(self, images, targets=None):
-        x = self.normalize(images)
         if not self.training:
-            return self.logits(x)
-        feats = self.backbone(x)
+            return self.logits(self.normalize(images))
+        valid = torch.stack([t["valid_hw"] for t in targets]) if "valid_hw" in targets[0] else None
+        feats = self.backbone(self.normalize(images, valid))
         label = torch.stack([t["sem_seg"] for t in targets])
-        losses = {"loss_decode": F.cross_entropy(upsample(self.decode_head(feats), label.shape[-2:]), label,
-                                                 ignore_index=IGNORE_INDEX)}  # fmt: skip
+        losses = {"loss_decode": pixel_loss(self.decode_head(feats), label)}
         if self.aux_head is not None:
-            aux = upsample(self.aux_head(feats[self.aux_level]), label.shape[-2:])
-            losses["loss_aux"] = self.aux_weight * F.cross_entropy(aux, label, ignore_index=IGNORE_INDEX)
+            losses["loss_aux"] = self.aux_weight * pixel_loss(self.aux_head(feats[self.aux_level]), label)
         return losses
+
+
+def pixel_loss(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of logits [B, K, h, w] upsampled to label [B, H, W], averaged over all pixels, ignored
+    ones counting 0 (mmseg's default ``avg_non_ignore=False``)."""
+    loss = F.cross_entropy(upsample(logits, label.shape[-2:]), label, ignore_index=IGNORE_INDEX, reduction="none")
+    return loss.mean()
+
+
+def init_heads_like_mmseg(model: UperNet) -> None:
+    """mmcv's ConvModule init (kaiming normal, fan_out, ReLU; bias 0) for the heads' convs; the classifiers
+    N(0, 0.01) (mmseg's ``conv_seg``). The neck keeps PyTorch's defaults, as mmseg's Feature2Pyramid."""
+    for head in (model.decode_head, model.aux_head):
+        if head is None:
+            continue
+        for m in head.modules():
+            if isinstance(m, nn.Conv2d) and m is not head.classifier:
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.normal_(head.classifier.weight, std=0.01)
+        nn.init.zeros_(head.classifier.bias)
 
 
 def build_upernet(cfg, encoder: VisionTransformer, num_classes: int) -> UperNet:
@@ -128,4 +155,6 @@ def build_upernet(cfg, encoder: VisionTransformer, num_classes: int) -> UperNet:
     aux = None
     if m.aux.weight > 0:
         aux = FCNHead(dim, m.aux.channels, num_classes, m.aux.num_convs, m.dropout, m.norm)
-    return UperNet(neck, decode, aux, m.aux.level, m.aux.weight, list(m.pixel_mean), list(m.pixel_std))
+    model = UperNet(neck, decode, aux, m.aux.level, m.aux.weight, list(m.pixel_mean), list(m.pixel_std))
+    init_heads_like_mmseg(model)
+    return model

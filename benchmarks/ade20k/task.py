@@ -13,6 +13,7 @@ from ..engine.distributed import DistInfo, all_gather_objects
 from .data import ADE20K, TrainPipeline, class_names
 from .evaluate import predict_probs
 from .metrics import ConfusionMatrix
+from .mmseg_checkpoint import is_mmseg, load_mmseg
 from .model import build_upernet
 from .synthetic import make_synthetic_ade20k
 
@@ -27,6 +28,14 @@ def data_root(cfg, data_root: str | None, info: DistInfo) -> Path:
 
 def build_model(cfg, encoder, root: Path | None = None):
     return build_upernet(cfg, encoder, cfg.data.num_classes)
+
+
+def load_foreign_checkpoint(model, obj, cfg, report, path) -> str | None:
+    """An mmseg UperNet file (1.x or 0.x ``{'meta', 'state_dict'}``) into ``model``; None if not one."""
+    if not is_mmseg(obj):
+        return None
+    load_mmseg(model, obj, report)
+    return "mmseg"
 
 
 def train_dataset(cfg, root: Path) -> ADE20K:

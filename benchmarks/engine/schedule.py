@@ -1,7 +1,10 @@
 """Learning-rate factor by iteration: linear warmup times a multi-step, cosine or poly decay.
 
 As detectron2's ``WarmupParamScheduler``: the warmup factor rises linearly from
-``warmup_factor`` to 1 over ``warmup_iters`` and multiplies the main schedule. Each param group's
+``warmup_factor`` to 1 over ``warmup_iters`` and multiplies the main schedule. The cosine and poly
+decays start at ``cosine_begin`` / ``poly_begin`` (default 0): MAE's ``lr_sched`` warms up, then runs
+a half-cosine over the remaining iterations (``cosine_begin = warmup_iters``); mmseg's poly starts
+after its warmup. Each param group's
 lr is ``base_lr * group["lr_scale"] * lr_factor(it)`` (the layer-decay scale rides on the group).
 """
 
@@ -15,7 +18,8 @@ def main_factor(it: int, total: int, s) -> float:
     if s.name == "multistep":
         return s.get("gamma", 0.1) ** bisect.bisect_right(list(s.steps), it)
     if s.name == "cosine":  # half-period cosine to 0
-        return 0.5 * (1.0 + math.cos(math.pi * min(it, total) / total))
+        begin = s.get("cosine_begin", 0)
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(it - begin, 0), total - begin) / max(total - begin, 1)))
     if s.name == "poly":
         begin = s.get("poly_begin", 0)
         return max(0.0, 1.0 - max(it - begin, 0) / max(total - begin, 1)) ** s.get("power", 1.0)

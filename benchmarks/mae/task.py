@@ -47,6 +47,7 @@ def finalize_config(cfg, root: Path | None) -> None:
         per_epoch = math.ceil(len(train_dataset(cfg, root)) / t.images_per_batch)
         t.iterations = t.epochs * per_epoch
         t.schedule.warmup_iters = t.get("warmup_epochs", 0) * per_epoch
+        t.schedule.cosine_begin = t.schedule.warmup_iters  # MAE's lr_sched: the half-cosine follows the warmup
 
 
 def build_model(cfg, encoder, root: Path | None = None) -> MaskedAutoencoder:
