@@ -6,9 +6,10 @@ every patch with mask tokens in its input (the BEiT / SimMIM way), on the same b
 alternating, several repeats. The last line is ``speedup: X.XX`` (median time all-tokens / median time
 visible-only).
 
-``python -m benchmarks.speed coco [--arch vit_base --canvas 1024 --threads 2]``: the ViTDet Mask R-CNN's
-training step (forward, backward, AdamW) on one real-sized image with 25 instances, and inference on
-it, each in a fresh process so its peak memory is its own: median s/iteration and peak memory (CUDA's
+``python -m benchmarks.speed coco [--arch vit_base --size 1024 --threads 2]``: the ViTDet Mask R-CNN's
+training step (forward, backward, AdamW) on one image of the canvas's height with 25 instances, and
+inference on it; ``python -m benchmarks.speed ade20k [--size 512]``: UperNet's on 2 crops. Each mode
+runs in a fresh process so its peak memory is its own: median s/iteration and peak memory (CUDA's
 allocator peak on a GPU, the process's peak resident set on the CPU).
 """
 
@@ -127,14 +128,37 @@ def peak_memory_gb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def coco_worker(mode: str, arch: str, canvas: int, repeats: int, device: str) -> dict:
+def ade20k_model(arch: str, crop: int, device):
+    from omegaconf import OmegaConf
+
+    from .ade20k.model import build_upernet
+    from .config import CONFIG_DIR, apply_overrides, load_config
+
+    size = {"vit_base": "b", "vit_large": "l"}[arch]
+    cfg = load_config(CONFIG_DIR / "ade20k_seg" / f"upernet_vit_{size}.yaml")
+    cfg = apply_overrides(cfg, [f"backbone.img_size={crop}", f"data.crop={crop}"])
+    encoder = VisionTransformer(**architectures()[arch], **OmegaConf.to_container(cfg.backbone))
+    return build_upernet(cfg, encoder, 150).to(device), cfg
+
+
+def ade20k_inputs(crop: int, batch: int = 2, seed: int = 0):
+    """``batch`` crops with random labels over the 150 classes (a tenth ignored)."""
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.rand(3, crop, crop, generator=g) for _ in range(batch)]
+    labels = [torch.randint(0, 150, (crop, crop), generator=g) for _ in range(batch)]
+    for label in labels:
+        label[: crop // 10] = 255
+    return images, [{"sem_seg": label} for label in labels]
+
+
+def worker(task: str, mode: str, arch: str, size: int, repeats: int, device: str) -> dict:
     """One process, one mode ("train" or "infer"): median seconds per iteration and peak memory."""
     from .engine.trainer import build_optimizer
 
     device = torch.device(device)
     torch.manual_seed(0)
-    model, cfg = coco_model(arch, canvas, device)
-    images, targets = coco_inputs(canvas)
+    model, cfg = (coco_model if task == "coco" else ade20k_model)(arch, size, device)
+    images, targets = (coco_inputs if task == "coco" else ade20k_inputs)(size)
     images = [im.to(device) for im in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     optimizer = build_optimizer(cfg, model, model.backbone.encoder)
@@ -159,40 +183,46 @@ def coco_worker(mode: str, arch: str, canvas: int, repeats: int, device: str) ->
     return {"mode": mode, "seconds": times, "median": statistics.median(times), "peak_gb": peak_memory_gb(device)}
 
 
-def speed_coco(arch: str, canvas: int, repeats: int, threads: int, device: str) -> list[dict]:
+def speed_task(task: str, arch: str, size: int, repeats: int, threads: int, device: str) -> list[dict]:
+    """Training step and inference of ``task`` ("coco" or "ade20k"), each in its own process."""
     results = []
     for mode in ("train", "infer"):
-        cmd = [sys.executable, "-m", "benchmarks.speed", "coco-worker", "--mode", mode, "--arch", arch, "--canvas",
-               str(canvas), "--repeats", str(repeats), "--device", device, "--threads", str(threads)]  # fmt: skip
+        cmd = [sys.executable, "-m", "benchmarks.speed", "worker", "--task", task, "--mode", mode, "--arch", arch,
+               "--size", str(size), "--repeats", str(repeats), "--device", device,
+               "--threads", str(threads)]  # fmt: skip
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         result = json.loads(out.strip().splitlines()[-1])
         results.append(result)
         listed = ", ".join(f"{t:.2f}" for t in result["seconds"])
         print(f"{mode:5s} median {result['median']:.3f} s/iteration, peak memory {result['peak_gb']:.2f} GB "
               f"(iterations: {listed})", flush=True)  # fmt: skip
-    print(f"ViTDet Mask R-CNN {arch}, canvas {canvas}, 1 image with 25 instances, {device}, {threads} threads")
+    what = (f"ViTDet Mask R-CNN, canvas {size}, 1 image with 25 instances" if task == "coco"
+            else f"UperNet, 2 crops of {size}x{size}")  # fmt: skip
+    print(f"{what}, {arch}, fp32, AdamW, {device}, {threads} threads")
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["mae", "coco", "coco-worker"])
+    p.add_argument("what", choices=["mae", "coco", "ade20k", "worker"])
     p.add_argument("--arch", default="vit_base")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--canvas", type=int, default=1024, help="coco: the square canvas (ViTDet: 1024)")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="coco: torch threads")
+    p.add_argument("--size", type=int, help="coco: the square canvas (default 1024); ade20k: the crop (512)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="coco / ade20k: torch threads")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--mode", choices=["train", "infer"], help=argparse.SUPPRESS)
+    p.add_argument("--task", choices=["coco", "ade20k"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.what == "mae":
         speed_mae(args.arch, args.batch, args.repeats, args.img_size)
-    elif args.what == "coco":
-        speed_coco(args.arch, args.canvas, args.repeats, args.threads, args.device)
+    elif args.what in ("coco", "ade20k"):
+        size = args.size or (1024 if args.what == "coco" else 512)
+        speed_task(args.what, args.arch, size, args.repeats, args.threads, args.device)
     else:
         torch.set_num_threads(args.threads)
-        print(json.dumps(coco_worker(args.mode, args.arch, args.canvas, args.repeats, args.device)))
+        print(json.dumps(worker(args.task, args.mode, args.arch, args.size, args.repeats, args.device)))
     return 0
 
 

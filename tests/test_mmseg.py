@@ -193,3 +193,11 @@ def test_eval_only_with_an_mmseg_pth_on_the_real_ade20k_sample(tmp_path):
     assert 0 <= record["metrics"]["mIoU"] < 20  # random weights: the path is the point
     report = json.loads((out / "load_report.json").read_text())
     assert report["converter"] == "mmseg" and not report["new"]
+
+
+@pytest.mark.skipif(not ADE_SAMPLE.is_dir(), reason="../shared/data/ade20k_sample is not here")
+def test_data_root_may_name_the_adechallengedata2016_folder_itself():
+    from benchmarks.ade20k.data import ADE20K
+
+    parent, inner = ADE20K(ADE_SAMPLE, "validation"), ADE20K(ADE_SAMPLE / "ADEChallengeData2016", "validation")
+    assert inner.images == parent.images and len(parent) > 0

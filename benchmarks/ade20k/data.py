@@ -35,9 +35,15 @@ def reduce_zero_label(label: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def dataset_folder(root: Path) -> Path:
+    """The folder that holds ``ADEChallengeData2016/``; pointing at ``ADEChallengeData2016`` itself works too."""
+    root = Path(root)
+    return root.parent if (root / "images").is_dir() and (root / "annotations").is_dir() else root
+
+
 def class_names(root: Path, num_classes: int = 150) -> list[str]:
     """Names from ``objectInfo150.txt`` (first name of each row) when present, else ``class_<i>``."""
-    info = root / "ADEChallengeData2016" / "objectInfo150.txt"
+    info = dataset_folder(root) / "ADEChallengeData2016" / "objectInfo150.txt"
     if info.is_file():
         rows = info.read_text().strip().splitlines()[1:]
         return [row.split("\t")[-1].split(",")[0].strip() for row in rows][:num_classes]
@@ -57,7 +63,7 @@ class ADE20K(torch.utils.data.Dataset):
     """(image uint8 [3, H, W], {"sem_seg": int64 [H, W] with 0..149 and 255}) pairs of one split."""
 
     def __init__(self, root: str | Path, split: str, transforms=None):
-        self.root = Path(root)
+        self.root = dataset_folder(Path(root))
         base = self.root / "ADEChallengeData2016"
         image_dir, label_dir = base / "images" / split, base / "annotations" / split
         missing = [str(p) for p in (image_dir, label_dir) if not p.is_dir()]
