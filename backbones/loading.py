@@ -150,6 +150,13 @@ def fit_tensor(key: str, src: torch.Tensor, encoder: VisionTransformer, shape: t
     return None
 
 
+def raise_on_gaps(title: str, gaps: dict[str, list[str]], hint: str) -> None:
+    """One error listing every non-empty group of keys (label -> keys) and the hint; nothing if all are empty."""
+    problems = [f"{label}: {keys}" for label, keys in gaps.items() if keys]
+    if problems:
+        raise CheckpointError(f"{title}:\n  " + "\n  ".join(problems) + f"\n{hint}")
+
+
 def apply_converted(encoder: VisionTransformer, converted: Converted, report: LoadReport) -> None:
     """Copy converted weights into ``encoder`` strictly, filling ``report``; raises on any gap."""
     target = encoder.state_dict()
@@ -179,19 +186,12 @@ def apply_converted(encoder: VisionTransformer, converted: Converted, report: Lo
             report.loaded[key] = list(shape)
     missing = [k for k in target if k not in ready]
     not_allowed = [k for k in missing if not k.endswith(PROTOCOL_ADDED)]
-    problems = []
-    if not_allowed:
-        problems.append(f"encoder weights missing from the checkpoint: {not_allowed}")
-    if mismatched:
-        problems.append(f"shapes that do not fit: {mismatched}")
-    if unexpected:
-        problems.append(f"checkpoint encoder weights the model has no place for: {unexpected}")
-    if problems:
-        raise CheckpointError(
-            f"checkpoint does not fit backbone {report.backbone} (converter {report.converter}):\n  "
-            + "\n  ".join(problems)
-            + "\nIs it the right file for this backbone name, and the right --backbone for this file?"
-        )
+    raise_on_gaps(
+        f"checkpoint does not fit backbone {report.backbone} (converter {report.converter})",
+        {"encoder weights missing from the checkpoint": not_allowed, "shapes that do not fit": mismatched,
+         "checkpoint encoder weights the model has no place for": unexpected},
+        "Is it the right file for this backbone name, and the right --backbone for this file?",
+    )  # fmt: skip
     with torch.no_grad():
         for key, value in ready.items():
             target[key].copy_(value)

@@ -21,11 +21,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, LayerScale, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.layers.pos_embed_rel import gen_relative_position_index
-from timm.models.vision_transformer_sam import (
-    get_decomposed_rel_pos_bias,
-    window_partition,
-    window_unpartition,
-)
+from timm.models.vision_transformer_sam import get_rel_pos, window_partition, window_unpartition
 from torch import nn
 
 REL_POS_KINDS = (None, "decomposed", "bias_table")
@@ -76,32 +72,40 @@ class Attention(nn.Module):
             index = gen_relative_position_index(self.grid, class_token=num_prefix_tokens > 0)
             self.register_buffer("relative_position_index", index, persistent=False)
 
-    def attn_bias(self, q: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor | None:
-        """Relative position logits. q: [B, heads, N, head_dim] -> [B or 1, heads, N, N] or None."""
-        if self.rel_pos is None:
-            return None
+    def table_bias(self, grid: tuple[int, int]) -> torch.Tensor:
+        """BEiT's bias for every (query, key) pair: [1, heads, N, N]."""
+        if tuple(grid) != self.grid:
+            raise ValueError(
+                f"relative position bias table is built for a {self.grid} token grid but got {tuple(grid)}; "
+                "use fixed-size (sliding-window) inputs or rebuild the encoder with that img_size"
+            )
+        n = self.relative_position_index.shape[0]
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+
+    def logits_with_relative_position(self, q: torch.Tensor, k: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """q·kᵀ/√d plus the relative position term, added to the logits in place of a separate N×N bias
+        tensor (as detectron2 and mmseg do). q, k: [B, heads, N, head_dim] -> [B, heads, N, N]."""
+        attn = (q * self.head_dim**-0.5) @ k.transpose(-2, -1)
         if self.rel_pos == "bias_table":
-            if tuple(grid) != self.grid:
-                raise ValueError(
-                    f"relative position bias table is built for a {self.grid} token grid but got {tuple(grid)}; "
-                    "use fixed-size (sliding-window) inputs or rebuild the encoder with that img_size"
-                )
-            n = self.relative_position_index.shape[0]
-            bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-            return bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)
+            return attn + self.table_bias(grid).to(attn.dtype)
         b, h, n, d = q.shape
-        bias = get_decomposed_rel_pos_bias(q.reshape(b * h, n, d), self.rel_pos_h, self.rel_pos_w, grid, grid)
-        return bias.view(b, h, n, n)
+        gh, gw = grid
+        r_q = q.reshape(b * h, gh, gw, d)
+        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, get_rel_pos(gh, gh, self.rel_pos_h).to(q.dtype))
+        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, get_rel_pos(gw, gw, self.rel_pos_w).to(q.dtype))
+        attn = attn.view(b * h, gh, gw, gh, gw) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]
+        return attn.view(b, h, n, n)
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """x: [B, N, C] with N = num_prefix_tokens + H·W -> [B, N, C]."""
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, heads, N, head_dim]
-        bias = self.attn_bias(q, grid)
-        if bias is not None:
-            bias = bias.to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if self.rel_pos is None:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            x = self.logits_with_relative_position(q, k, grid).softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 

@@ -13,6 +13,7 @@ when all pass. The task comes from ``meta.json``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -67,6 +68,42 @@ def read_fixture(folder: Path) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]
     with np.load(folder / "outputs.npz") as npz:
         outputs = {k: npz[k] for k in npz.files}
     return meta, np.load(folder / "input_image.npy"), outputs
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """meta.json's nested changes -> dotted keys: {"backbone.net": {"depth": 4}} -> {"backbone.net.depth": 4}."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flatten(value, name + ".")
+        else:
+            out[name] = value
+    return out
+
+
+def checkpoint_file(folder: Path, meta: dict) -> Path:
+    """The fixture's checkpoint (named in meta.json's sha256, else the one .pkl/.pth), its sha256 checked."""
+    names = list(meta.get("sha256", {})) or [p.name for p in folder.iterdir() if p.suffix in (".pkl", ".pth")]
+    if len(names) != 1:
+        raise FixtureError(f"{folder}: expected one checkpoint (.pkl/.pth) named in meta.json sha256, found {names}")
+    path = folder / names[0]
+    want = meta.get("sha256", {}).get(path.name)
+    if want and hashlib.sha256(path.read_bytes()).hexdigest() != want:
+        raise FixtureError(f"{path}: sha256 differs from meta.json's {want}; the fixture is damaged")
+    return path
+
+
+def data_folders(folder: Path) -> list[Path]:
+    """``data/`` folders beside the fixture's ancestors (shared/reference/parity/X -> shared/data)."""
+    return [p / "data" for p in folder.resolve().parents[:4] if (p / "data").is_dir()]
+
+
+def find_source_image(folder: Path, name: str, image: Path | None) -> Path | None:
+    """``--image``, else the first file called ``name`` under those data folders."""
+    if image is not None:
+        return image
+    return next((hit for data in data_folders(folder) for hit in sorted(data.rglob(name))), None)
 
 
 def run_fixture(folder: Path, image: Path | None, opts: list[str]) -> list[Stage]:

@@ -47,3 +47,32 @@ def kill_after_first_checkpoint(cmd: list[str], run_dir: Path, cwd: Path, timeou
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     return torch.load(run_dir / "last_checkpoint.pth", weights_only=True)["iteration"]
+
+
+def eval_only_on_fixture(task: str, fixture: Path, apply_meta, checkpoint: str, data_root: Path, tmp_path: Path):
+    """``run_bench.py --eval-only --checkpoint`` with a parity fixture's model on a real sample: (metrics, report).
+
+    The config is the fixture's (``apply_meta``) with its ViT size, which no registered backbone has.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from omegaconf import OmegaConf
+
+    cfg, arch = apply_meta(json.loads((fixture / "meta.json").read_text()))
+    cfg.backbone.update(arch)
+    cfg.data.workers = 0
+    OmegaConf.save(cfg, tmp_path / "fixture.yaml")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "run_bench.py", "--task", task, "--backbone", "random_vit_b", "--config",
+         str(tmp_path / "fixture.yaml"), "--eval-only", "--checkpoint", str(fixture / checkpoint),
+         "--data-root", str(data_root), "--output-dir", str(out), "--device", "cpu"],
+        cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((out / "metrics.json").read_text())
+    meta = json.loads((fixture / "meta.json").read_text())
+    assert record["checkpoint"]["sha256"] == meta["sha256"][checkpoint]
+    return record, json.loads((out / "load_report.json").read_text()), out

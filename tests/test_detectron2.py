@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import ROOT
-from omegaconf import OmegaConf
+from helpers import eval_only_on_fixture
 from PIL import Image
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -244,22 +244,9 @@ def test_test_resize_rounds_and_uses_pil_bilinear():
 def test_eval_only_with_a_detectron2_pkl_on_the_real_coco_sample(tmp_path):
     from benchmarks.coco.parity import apply_meta
 
-    cfg, arch = apply_meta(json.loads((FIXTURE / "meta.json").read_text()))
-    cfg.backbone.update(arch)  # the fixture's ViT size (no registered backbone has it)
-    cfg.data.workers = 0
-    OmegaConf.save(cfg, tmp_path / "fixture.yaml")
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "run_bench.py", "--task", "coco_det", "--backbone", "random_vit_b", "--config",
-         str(tmp_path / "fixture.yaml"), "--eval-only", "--checkpoint", str(FIXTURE / "model_final.pkl"),
-         "--data-root", str(COCO_SAMPLE), "--output-dir", str(out), "--device", "cpu"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads((out / "metrics.json").read_text())
-    meta = json.loads((FIXTURE / "meta.json").read_text())
-    assert record["checkpoint"]["sha256"] == meta["sha256"]["model_final.pkl"]
+    record, report, out = eval_only_on_fixture("coco_det", FIXTURE, apply_meta, "model_final.pkl", COCO_SAMPLE,
+                                               tmp_path)  # fmt: skip
     assert 0 <= record["metrics"]["box_AP"] < 5  # random weights: the path is the point
-    report = json.loads((out / "load_report.json").read_text())
     assert report["converter"] == "detectron2" and report["unused"] == {} and not report["new"]
     assert len(json.loads((out / "coco_results.json").read_text())) > 0
 

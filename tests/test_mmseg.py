@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ROOT
+from helpers import eval_only_on_fixture
 from omegaconf import OmegaConf
 from torchvision.transforms.v2 import functional as TF
 
@@ -176,22 +177,8 @@ def test_vit_l_upernet_takes_beit_l_values():
 def test_eval_only_with_an_mmseg_pth_on_the_real_ade20k_sample(tmp_path):
     from benchmarks.ade20k.parity import apply_meta
 
-    cfg, arch = apply_meta(json.loads((FIXTURE / "meta.json").read_text()))
-    cfg.backbone.update(arch)  # the fixture's ViT size (no registered backbone has it)
-    cfg.data.workers = 0
-    OmegaConf.save(cfg, tmp_path / "fixture.yaml")
-    out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "run_bench.py", "--task", "ade20k_seg", "--backbone", "random_vit_b", "--config",
-         str(tmp_path / "fixture.yaml"), "--eval-only", "--checkpoint", str(FIXTURE / "upernet_mae.pth"),
-         "--data-root", str(ADE_SAMPLE), "--output-dir", str(out), "--device", "cpu"],
-        cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    record = json.loads((out / "metrics.json").read_text())
-    meta = json.loads((FIXTURE / "meta.json").read_text())
-    assert record["checkpoint"]["sha256"] == meta["sha256"]["upernet_mae.pth"]
+    record, report, _ = eval_only_on_fixture("ade20k_seg", FIXTURE, apply_meta, "upernet_mae.pth", ADE_SAMPLE, tmp_path)
     assert 0 <= record["metrics"]["mIoU"] < 20  # random weights: the path is the point
-    report = json.loads((out / "load_report.json").read_text())
     assert report["converter"] == "mmseg" and not report["new"]
 
 

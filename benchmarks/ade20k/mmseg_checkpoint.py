@@ -30,7 +30,7 @@ import torch
 
 from backbones import CheckpointError, LoadReport
 from backbones.converters import convert_beit
-from backbones.loading import apply_converted
+from backbones.loading import apply_converted, raise_on_gaps
 
 BACKBONE_RENAMES = [  # mmseg's ViT / BEiT / MAE names -> BEiT's (timm's)
     (r"patch_embed\.projection\.", "patch_embed.proj."),
@@ -110,16 +110,13 @@ def load_mmseg(model, obj: dict, report: LoadReport) -> None:
         else:
             ready[ours] = value
             report.loaded[ours] = list(value.shape)
-    missing = sorted(k for k in target if not k.startswith(prefix) and k not in ready)
-    problems = [f"{label}: {items}" for label, items in (
-        ("mmseg keys with no place in the suite's model", unknown),
-        ("shapes that do not fit", mismatched),
-        ("model weights the checkpoint does not have", missing)) if items]  # fmt: skip
-    if problems:
-        raise CheckpointError(
-            "mmseg checkpoint does not fit the UperNet built from the config:\n  " + "\n  ".join(problems)
-            + "\nIs it an UperNet of the same backbone size, channels and number of classes?"
-        )
+    raise_on_gaps(
+        "mmseg checkpoint does not fit the UperNet built from the config",
+        {"mmseg keys with no place in the suite's model": unknown, "shapes that do not fit": mismatched,
+         "model weights the checkpoint does not have": sorted(k for k in target
+                                                              if not k.startswith(prefix) and k not in ready)},
+        "Is it an UperNet of the same backbone size, channels and number of classes?",
+    )  # fmt: skip
     with torch.no_grad():
         for key, value in ready.items():
             target[key].copy_(value)

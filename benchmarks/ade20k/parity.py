@@ -9,7 +9,6 @@ reading and test-time resize (≤ 1 grey level from ``input_image.npy``).
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,8 @@ from backbones.checkpoint_io import read_checkpoint
 from backbones.registry import architectures
 from backbones.vit import VisionTransformer
 
-from ..coco.parity import data_folders, flatten
 from ..config import CONFIG_DIR, apply_overrides, load_config
-from ..parity import FixtureError, Stage, dense
+from ..parity import FixtureError, Stage, checkpoint_file, data_folders, dense, find_source_image, flatten
 from .data import read_rgb, resize, test_size
 from .evaluate import slide_logits
 from .model import build_upernet
@@ -87,13 +85,7 @@ def apply_meta(meta: dict):
 def build_reference_model(folder: Path, meta: dict, opts=()):
     cfg, arch = apply_meta(meta)
     cfg = apply_overrides(cfg, list(opts))
-    names = list(meta.get("sha256", {})) or [p.name for p in folder.glob("*.pth")]
-    if len(names) != 1:
-        raise FixtureError(f"{folder}: expected one checkpoint named in meta.json sha256, found {names}")
-    path = folder / names[0]
-    want = meta.get("sha256", {}).get(path.name)
-    if want and hashlib.sha256(path.read_bytes()).hexdigest() != want:
-        raise FixtureError(f"{path}: sha256 differs from meta.json's {want}; the fixture is damaged")
+    path = checkpoint_file(folder, meta)
     obj = read_checkpoint(path)
     num_classes = len(obj["state_dict"]["decode_head.conv_seg.bias"])
     cfg.data.num_classes = num_classes
@@ -139,7 +131,7 @@ def mmseg_stages(folder: Path, meta: dict, image_array: np.ndarray, outputs: dic
 
 def source_stages(folder, meta, image_array, outputs, model, cfg, source) -> list[Stage]:
     name = meta.get("input", {}).get("source_image")
-    path = source or next((h for d in data_folders(folder) for h in sorted(d.rglob(name))), None) if name else None
+    path = find_source_image(folder, name, source) if name else None
     if path is None or not Path(path).is_file():
         return [Stage("source image", float("inf"), float("inf"), False,
                       f"{name!r} not found in {data_folders(folder) or 'no data/ folder'}; pass --image")]  # fmt: skip

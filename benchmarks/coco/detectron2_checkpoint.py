@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from backbones import CheckpointError, LoadReport
-from backbones.loading import resize_pos_embed
+from backbones.loading import raise_on_gaps, resize_pos_embed
 
 PYRAMID_LEVELS = {"2": 0, "3": 1, "4": 2, "5": 3}
 
@@ -148,16 +148,12 @@ def load_detectron2(model, state: dict[str, torch.Tensor], cfg, report: LoadRepo
             report.resized[ours] = {"from": list(state[key].shape), "to": list(value.shape), "how": how, "source": key}
         else:
             report.loaded[ours] = list(value.shape)
-    missing = sorted(set(target) - set(ready))
-    problems = [f"{label}: {items}" for label, items in (
-        ("detectron2 keys with no place in the suite's model", unknown),
-        ("shapes that do not fit", mismatched),
-        ("model weights the checkpoint does not have", missing)) if items]  # fmt: skip
-    if problems:
-        raise CheckpointError(
-            "detectron2 checkpoint does not fit the model built from the config:\n  " + "\n  ".join(problems)
-            + "\nIs it a ViTDet Mask R-CNN (simple pyramid, LN heads) of the same size as --backbone?"
-        )
+    raise_on_gaps(
+        "detectron2 checkpoint does not fit the model built from the config",
+        {"detectron2 keys with no place in the suite's model": unknown, "shapes that do not fit": mismatched,
+         "model weights the checkpoint does not have": sorted(set(target) - set(ready))},
+        "Is it a ViTDet Mask R-CNN (simple pyramid, LN heads) of the same size as --backbone?",
+    )  # fmt: skip
     with torch.no_grad():
         for key, value in ready.items():
             target[key].copy_(value)

@@ -10,13 +10,13 @@ Once more from the source image file, through the suite's own reading and test-t
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
 from torchvision.io import ImageReadMode, decode_image
+from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.ops import box_iou
 
 from backbones import LoadReport
@@ -25,7 +25,7 @@ from backbones.registry import architectures
 from backbones.vit import VisionTransformer
 
 from ..config import CONFIG_DIR, apply_overrides, load_config
-from ..parity import FixtureError, Stage, dense
+from ..parity import FixtureError, Stage, checkpoint_file, data_folders, dense, find_source_image, flatten
 from .detectron2_ops import detector_postprocess, paste_masks_grid_sample
 from .model import LEVELS, build_mask_rcnn
 from .task import load_foreign_checkpoint
@@ -33,18 +33,6 @@ from .transforms import resize_shortest_edge
 
 SIZES = {"b": "vit_base", "l": "vit_large", "h": "vit_huge"}
 MATCH_IOU, SCORE_TOL, MATCHED_FRACTION, MASK_PROB_TOL, PASTE_AGREEMENT, GREY_LEVELS = 0.99, 1e-3, 0.99, 1e-3, 0.99, 1
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """{"backbone.net": {"depth": 4}} -> {"backbone.net.depth": 4}."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out |= flatten(value, name + ".")
-        else:
-            out[name] = value
-    return out
 
 
 def same_width(key: str, dims: list[int], channels: int) -> None:
@@ -108,17 +96,6 @@ def apply_meta(meta: dict):
     return cfg, arch
 
 
-def checkpoint_file(folder: Path, meta: dict) -> Path:
-    names = list(meta.get("sha256", {})) or [p.name for p in folder.iterdir() if p.suffix in (".pkl", ".pth")]
-    if len(names) != 1:
-        raise FixtureError(f"{folder}: expected one checkpoint (.pkl/.pth) named in meta.json sha256, found {names}")
-    path = folder / names[0]
-    want = meta.get("sha256", {}).get(path.name)
-    if want and hashlib.sha256(path.read_bytes()).hexdigest() != want:
-        raise FixtureError(f"{path}: sha256 differs from meta.json's {want}; the fixture is damaged")
-    return path
-
-
 def build_reference_model(folder: Path, meta: dict, opts: list[str] = ()):
     """The suite's model for the fixture, with the reference checkpoint loaded through the converter."""
     cfg, arch = apply_meta(meta)
@@ -140,8 +117,6 @@ def proposals_with_logits(rpn, images, features):
     objectness, deltas = rpn.head(feats)
     anchors = rpn.anchor_generator(images, feats)
     per_level = [o[0].numel() for o in objectness]
-    from torchvision.models.detection.rpn import concat_box_prediction_layers
-
     objectness, deltas = concat_box_prediction_layers(objectness, deltas)
     proposals = rpn.box_coder.decode(deltas, anchors).view(len(anchors), -1, 4)
     boxes, logits = rpn.filter_proposals(proposals, objectness, images.image_sizes, per_level)
@@ -201,17 +176,6 @@ def detection_stages(prefix: str, dets: dict, outputs: dict, masks: torch.Tensor
                         f"{100 * share:.2f} % of the union agree, {mismatch[0]} px differ, worst mask "
                         f"{100 * per_mask:.1f} %"))  # fmt: skip
     return stages
-
-
-def data_folders(folder: Path) -> list[Path]:
-    """``data/`` folders beside the fixture's ancestors (shared/reference/parity/X -> shared/data)."""
-    return [p / "data" for p in folder.resolve().parents[:4] if (p / "data").is_dir()]
-
-
-def find_source_image(folder: Path, name: str, image: Path | None) -> Path | None:
-    if image is not None:
-        return image
-    return next((hit for data in data_folders(folder) for hit in sorted(data.rglob(name))), None)
 
 
 @torch.no_grad()
