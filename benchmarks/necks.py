@@ -1,4 +1,5 @@
-"""Pieces the tasks' necks share: normalisation by name and the stride-16 -> multi-scale resamplers."""
+"""Pieces the tasks' necks and heads share: normalisation by name, the stride-16 -> multi-scale
+resamplers, and the reference codebases' weight fills."""
 
 from __future__ import annotations
 
@@ -43,3 +44,17 @@ def resampler(scale: float, dim: int, out_dim: int, mid_norm: str) -> tuple[nn.M
     if scale == 0.5:
         return nn.MaxPool2d(2), dim
     raise ValueError(f"unsupported pyramid scale {scale}")
+
+
+def msra_fill(module: nn.Module) -> None:
+    """Caffe2's MSRAFill = mmcv's ConvModule init: kaiming normal (fan_out, ReLU), bias 0."""
+    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def normal_fill(module: nn.Module, std: float) -> None:
+    """Weights N(0, std), bias 0 (detectron2's predictors, mmseg's ``conv_seg``)."""
+    nn.init.normal_(module.weight, std=std)
+    if module.bias is not None:
+        nn.init.zeros_(module.bias)

@@ -13,7 +13,7 @@ from torch import nn
 
 from backbones import VisionTransformer
 
-from ..necks import norm_layer, resampler
+from ..necks import msra_fill, norm_layer, normal_fill, resampler
 from .metrics import IGNORE_INDEX
 
 
@@ -140,11 +140,8 @@ def init_heads_like_mmseg(model: UperNet) -> None:
             continue
         for m in head.modules():
             if isinstance(m, nn.Conv2d) and m is not head.classifier:
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-        nn.init.normal_(head.classifier.weight, std=0.01)
-        nn.init.zeros_(head.classifier.bias)
+                msra_fill(m)
+        normal_fill(head.classifier, 0.01)
 
 
 def build_upernet(cfg, encoder: VisionTransformer, num_classes: int) -> UperNet:

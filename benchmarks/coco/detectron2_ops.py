@@ -41,6 +41,8 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import batched_nms, clip_boxes_to_image, roi_align
 from torchvision.ops.poolers import LevelMapper
 
+from ..necks import msra_fill, normal_fill
+
 IMPLS = ("detectron2", "torchvision")
 
 
@@ -115,8 +117,8 @@ class ProposalNetwork(RegionProposalNetwork):
         pos, neg = self.fg_bg_sampler(labels)
         pos = torch.where(torch.cat(pos))[0]
         sampled = torch.cat([pos, torch.where(torch.cat(neg))[0]])
+        normalizer = self.fg_bg_sampler.batch_size_per_image * len(labels)  # labels: one tensor per image
         labels, regression_targets = torch.cat(labels), torch.cat(regression_targets)
-        normalizer = self.fg_bg_sampler.batch_size_per_image * self._num_images
         box_loss = F.smooth_l1_loss(
             pred_bbox_deltas[pos].float(), regression_targets[pos], beta=self.smooth_l1_beta, reduction="sum"
         )
@@ -124,10 +126,6 @@ class ProposalNetwork(RegionProposalNetwork):
             objectness.flatten()[sampled].float(), labels[sampled], reduction="sum"
         )
         return objectness_loss / normalizer, box_loss / normalizer
-
-    def assign_targets_to_anchors(self, anchors, targets):
-        self._num_images = len(anchors)  # compute_loss's normaliser; torchvision passes only flat tensors there
-        return super().assign_targets_to_anchors(anchors, targets)
 
 
 def aligned_mask_targets(gt_masks: torch.Tensor, boxes: torch.Tensor, matched: torch.Tensor, size: int):
@@ -191,12 +189,8 @@ class MaskRoIHeads(RoIHeads):
     def mask_loss(self, mask_logits, boxes, targets, matched, labels) -> torch.Tensor:
         """Per-pixel BCE of each foreground proposal's own-class mask, averaged over proposals and pixels."""
         size = mask_logits.shape[-1]
-        if self.mask_targets == "detectron2":
-            per_image = [aligned_mask_targets(t["masks"], b, m, size) for t, b, m in zip(targets, boxes, matched,
-                                                                                        strict=True)]  # fmt: skip
-        else:
-            per_image = [project_masks_on_boxes(t["masks"], b, m, size) for t, b, m in zip(targets, boxes, matched,
-                                                                                          strict=True)]  # fmt: skip
+        mask_targets = aligned_mask_targets if self.mask_targets == "detectron2" else project_masks_on_boxes
+        per_image = [mask_targets(t["masks"], b, m, size) for t, b, m in zip(targets, boxes, matched, strict=True)]
         labels = torch.cat(labels)
         if labels.numel() == 0:
             return mask_logits.sum() * 0
@@ -272,22 +266,9 @@ def detector_postprocess(result: dict, input_size: tuple[int, int], output_size:
     return out
 
 
-def c2_msra_fill(module: nn.Module) -> None:
-    """Caffe2's MSRAFill: kaiming normal (fan_out, ReLU), bias 0."""
-    nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-    if module.bias is not None:
-        nn.init.zeros_(module.bias)
-
-
 def c2_xavier_fill(module: nn.Module) -> None:
     """Caffe2's XavierFill: kaiming uniform with a = 1, bias 0."""
     nn.init.kaiming_uniform_(module.weight, a=1)
-    if module.bias is not None:
-        nn.init.zeros_(module.bias)
-
-
-def normal_fill(module: nn.Module, std: float) -> None:
-    nn.init.normal_(module.weight, std=std)
     if module.bias is not None:
         nn.init.zeros_(module.bias)
 
@@ -300,13 +281,13 @@ def init_heads_like_detectron2(model) -> None:
             normal_fill(m, 0.01)
     for m in model.roi_heads.box_head.modules():
         if isinstance(m, nn.Conv2d):
-            c2_msra_fill(m)
+            msra_fill(m)
         elif isinstance(m, nn.Linear):
             c2_xavier_fill(m)
     normal_fill(model.roi_heads.box_predictor.cls_score, 0.01)
     normal_fill(model.roi_heads.box_predictor.bbox_pred, 0.001)
     for m in model.roi_heads.mask_head.modules():
         if isinstance(m, nn.Conv2d):
-            c2_msra_fill(m)
-    c2_msra_fill(model.roi_heads.mask_predictor.conv5_mask)
+            msra_fill(m)
+    msra_fill(model.roi_heads.mask_predictor.conv5_mask)
     normal_fill(model.roi_heads.mask_predictor.mask_fcn_logits, 0.001)

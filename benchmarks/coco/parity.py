@@ -213,9 +213,10 @@ def coco_stages(folder: Path, meta: dict, image_array: np.ndarray, outputs: dict
 
     dets = model([image.float() / 255])[0]  # end to end; boxes in the input's pixels, 28x28 mask probabilities
     threshold = cfg.model.inference.mask_threshold
-    pasted = paste_masks_grid_sample(dets["masks"], dets["boxes"], *size) >= threshold
     if ops.mask_paste == "torchvision":
         pasted = detector_postprocess(dets, size, size, "torchvision", threshold)["masks"][:, 0]
+    else:  # pasted here rather than by detector_postprocess, which drops empty boxes and so shifts indices
+        pasted = paste_masks_grid_sample(dets["masks"], dets["boxes"], *size) >= threshold
     stages += detection_stages("", dets, outputs, pasted)
     return stages + source_stages(folder, meta, image_array, outputs, model, cfg, source)
 
