@@ -2,6 +2,7 @@
 
 from .checkpoint_io import CheckpointError, read_checkpoint, resolve_weights
 from .converters import CONVERTERS
+from .errors import BackboneConfigError, UnknownBackbone
 from .layer_decay import WD_POLICIES, layer_decay_param_groups
 from .loading import LoadReport, load_pretrained
 from .registry import BackboneSpec, build_encoder, encoder_kwargs, get_spec, zoo
@@ -10,9 +11,11 @@ from .vit import VisionTransformer
 __all__ = [
     "CONVERTERS",
     "WD_POLICIES",
+    "BackboneConfigError",
     "BackboneSpec",
     "CheckpointError",
     "LoadReport",
+    "UnknownBackbone",
     "VisionTransformer",
     "build_encoder",
     "encoder_kwargs",

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from .errors import BackboneConfigError
 from .vit import VisionTransformer
 
 WD_POLICIES = ("mae", "vitdet", "mmseg", "timm", "none")
@@ -29,7 +30,7 @@ WD_POLICIES = ("mae", "vitdet", "mmseg", "timm", "none")
 def no_decay_rule(policy: str, model: nn.Module, encoder: VisionTransformer) -> Callable[[str, nn.Parameter], bool]:
     """A predicate (full parameter name, parameter) -> True when the parameter gets no weight decay."""
     if policy not in WD_POLICIES:
-        raise ValueError(f"unknown weight-decay policy {policy!r}; choose one of {WD_POLICIES}")
+        raise BackboneConfigError(f"unknown weight-decay policy {policy!r}; choose one of {WD_POLICIES}")
     prefix = encoder_prefix(model, encoder)
     if policy == "mae":
         return lambda name, p: p.ndim == 1 or name in (prefix + "pos_embed", prefix + "cls_token")
@@ -45,7 +46,7 @@ def encoder_prefix(model: nn.Module, encoder: nn.Module) -> str:
     for name, module in model.named_modules():
         if module is encoder:
             return name + "." if name else ""
-    raise ValueError("the encoder is not a submodule of the model")
+    raise BackboneConfigError("the encoder is not a submodule of the model")
 
 
 def layer_decay_param_groups(

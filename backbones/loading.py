@@ -201,15 +201,19 @@ def apply_converted(encoder: VisionTransformer, converted: Converted, report: Lo
     report.notes += converted.notes
 
 
-def load_pretrained(encoder: VisionTransformer, spec: BackboneSpec, weights: str | Path | None = None) -> LoadReport:
-    """Load ``spec``'s weights (``weights`` path, else the verified cached download) into ``encoder``."""
+def load_pretrained(encoder: VisionTransformer, spec: BackboneSpec, weights: str | Path | None = None,
+                    resolved: tuple[Path, dict[str, Any]] | None = None) -> LoadReport:  # fmt: skip
+    """Load ``spec``'s weights (``weights`` path, else the verified cached download) into ``encoder``.
+
+    ``resolved``: ``resolve_weights(spec, weights)`` done earlier (the runner checks inputs first).
+    """
     if spec.converter is None:
         if weights is not None:
             raise CheckpointError(f"{spec.name} is a random-init baseline and takes no --weights")
         report = LoadReport(spec.name, None, None, spec.pretrain, spec.provenance, ["random init (timm ViT init)"])
         report.new = {k: list(v.shape) for k, v in encoder.state_dict().items()}
         return report
-    path, info = resolve_weights(spec, weights)
+    path, info = resolved or resolve_weights(spec, weights)
     report = LoadReport(spec.name, spec.converter, info, spec.pretrain, spec.provenance)
     try:
         converted = CONVERTERS[spec.converter](read_checkpoint(path), encoder.depth)

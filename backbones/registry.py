@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
+from .errors import UnknownBackbone
 from .vit import VisionTransformer
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# configs/ is a package of its own, shipped as data in the wheel: found through the import system,
+# so an installed copy finds its files as a source checkout does.
+CONFIG_DIR = Path(str(files("configs")))
 ZOO_FILE = CONFIG_DIR / "backbones.yaml"
 
 PRETRAIN_TAGS = ("mae", "supervised_in1k", "supervised_in21k", "supervised_synthetic", "mocov3", "beit", "beit_in22k",
@@ -79,7 +83,7 @@ def get_spec(name: str) -> BackboneSpec:
     """The registered backbone ``name``; an unknown name lists the valid ones."""
     specs = zoo()
     if name not in specs:
-        raise KeyError(f"unknown backbone {name!r}; registered: {', '.join(sorted(specs))}")
+        raise UnknownBackbone(f"unknown backbone {name!r}; registered: {', '.join(sorted(specs))}")
     return specs[name]
 
 

@@ -24,6 +24,8 @@ from timm.layers.pos_embed_rel import gen_relative_position_index
 from timm.models.vision_transformer_sam import get_rel_pos, window_partition, window_unpartition
 from torch import nn
 
+from .errors import BackboneConfigError
+
 REL_POS_KINDS = (None, "decomposed", "bias_table")
 
 
@@ -52,9 +54,9 @@ class Attention(nn.Module):
     ):
         super().__init__()
         if rel_pos not in REL_POS_KINDS:
-            raise ValueError(f"rel_pos must be one of {REL_POS_KINDS}, got {rel_pos!r}")
+            raise BackboneConfigError(f"rel_pos must be one of {REL_POS_KINDS}, got {rel_pos!r}")
         if rel_pos == "decomposed" and num_prefix_tokens:
-            raise ValueError("decomposed relative position is defined on grid tokens only (no cls token)")
+            raise BackboneConfigError("decomposed relative position is defined on grid tokens only (no cls token)")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.rel_pos = rel_pos
@@ -75,7 +77,7 @@ class Attention(nn.Module):
     def table_bias(self, grid: tuple[int, int]) -> torch.Tensor:
         """BEiT's bias for every (query, key) pair: [1, heads, N, N]."""
         if tuple(grid) != self.grid:
-            raise ValueError(
+            raise BackboneConfigError(
                 f"relative position bias table is built for a {self.grid} token grid but got {tuple(grid)}; "
                 "use fixed-size (sliding-window) inputs or rebuild the encoder with that img_size"
             )
@@ -131,7 +133,9 @@ class Block(nn.Module):
     ):
         super().__init__()
         if window_size and num_prefix_tokens:
-            raise ValueError("window attention needs a grid of tokens only: build the encoder with class_token=False")
+            raise BackboneConfigError(
+                "window attention needs a grid of tokens only: build the encoder with class_token=False"
+            )
         self.window_size = window_size
         attn_grid = (window_size, window_size) if window_size else grid
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
@@ -227,7 +231,7 @@ class VisionTransformer(nn.Module):
 
         global_blocks = set(global_blocks)
         if not set(global_blocks) <= set(range(depth)):
-            raise ValueError(f"global_blocks {sorted(global_blocks)} must be block indices in [0, {depth})")
+            raise BackboneConfigError(f"global_blocks {sorted(global_blocks)} must be block indices in [0, {depth})")
         drop_rates = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
         self.blocks = nn.ModuleList(
             Block(

@@ -78,8 +78,7 @@ def load_model_checkpoint(task, model, spec, cfg, name_or_path: str) -> tuple[Lo
         report.loaded = {k: list(v.shape) for k, v in own.items()}
         info["iteration"] = obj.get("iteration")
     else:
-        converter = getattr(task.module, "load_foreign_checkpoint", None)
-        name = converter(model, obj, cfg, report, path) if converter is not None else None
+        name = task.load_foreign_checkpoint(model, obj, cfg, report, path)
         if name is None:
             keys = sorted(state)[:5] if isinstance(state, dict) else sorted(obj)[:5] if isinstance(obj, dict) else []
             raise CheckpointError(

@@ -61,10 +61,7 @@ def apply_overrides(cfg: DictConfig, opts: list[str]) -> DictConfig:
         if not sep:
             raise ConfigError(f"--opts {opt!r}: expected key=value")
         if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
-            parent, _, leaf = key.rpartition(".")
-            node = OmegaConf.select(cfg, parent) if parent else cfg
-            known = sorted(node.keys()) if isinstance(node, DictConfig) else []
-            raise ConfigError(f"--opts {key}: no such config key; keys at {parent or 'top level'}: {known}")
+            raise ConfigError(unknown_key_message(cfg, key))
         old = OmegaConf.select(cfg, key)
         new = OmegaConf.create({"v": yaml_value(text)}).v
         if not _same_kind(old, new):
@@ -74,6 +71,23 @@ def apply_overrides(cfg: DictConfig, opts: list[str]) -> DictConfig:
 
 
 _MISSING = object()
+
+
+def unknown_key_message(cfg: DictConfig, key: str) -> str:
+    """Where the path first leaves the config, the keys that exist there and the closest one."""
+    import difflib
+
+    node, path = cfg, []
+    for part in key.split("."):
+        if not isinstance(node, DictConfig) or part not in node:
+            break
+        node, path = node[part], [*path, part]
+    where = ".".join(path) or "the top level"
+    known = sorted(node.keys()) if isinstance(node, DictConfig) else []
+    wrong = key.split(".")[len(path)]
+    close = difflib.get_close_matches(wrong, known, n=1)
+    hint = f" did you mean {'.'.join([*path, close[0]])}?" if close else ""
+    return f"--opts {key}: no key {wrong!r} at {where};{hint} keys there: {known}"
 
 
 def yaml_value(text: str):

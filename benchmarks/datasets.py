@@ -21,20 +21,37 @@ def resolve_root(data_root: str | None, env: str, default: str) -> Path:
 
 
 def dataset_root(cfg_data, data_root: str | None, info: DistInfo, env: str, default: str,
-                 make_synthetic: Callable, check: Callable[[Path], None]) -> Path:  # fmt: skip
-    """The folder a run reads. ``--data-root`` always wins over a preset's synthetic dataset."""
+                 write_synthetic: Callable, check: Callable[[Path], None]) -> Path:  # fmt: skip
+    """The folder a run reads. ``--data-root`` always wins over a preset's synthetic dataset.
+
+    ``write_synthetic(root, num_train, num_val, seed)`` writes the preset's synthetic set (rank 0, once).
+    """
     if data_root is None and cfg_data.dataset == "synthetic":
         s = cfg_data.synthetic
         root = Path(s.root)
         if info.is_main:
-            root.parent.mkdir(parents=True, exist_ok=True)
-            # Runs launched side by side (the miniature) share one folder: the first writes it, the
-            # others wait on the lock and find it complete instead of reading half-written files.
-            with open(root.parent / f".{root.name}.lock", "w") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                make_synthetic(root, s.num_train, s.num_val, s.seed)
+            generate_once(root, write_synthetic, s.num_train, s.num_val, s.seed)
         barrier(info)
         return root
     root = resolve_root(data_root, env, default)
     check(root)
+    return root
+
+
+def generate_once(root: Path, write: Callable, num_train: int, num_val: int, seed: int) -> Path:
+    """``write(root, num_train, num_val, seed)`` unless an earlier call completed it; returns ``root``.
+
+    Runs launched side by side (the miniature) share one folder: the first writes it under a lock,
+    the others wait on the lock and find it complete instead of reading half-written files. The
+    stamp names the arguments, so a set of another size is written again.
+    """
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    stamp = root / f".complete-{num_train}-{num_val}-{seed}"
+    with open(root.parent / f".{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists():
+            root.mkdir(parents=True, exist_ok=True)
+            write(root, num_train, num_val, seed)
+            stamp.touch()
     return root

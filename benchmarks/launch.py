@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -52,10 +53,10 @@ def run_argv(args: argparse.Namespace, **changes) -> list[str]:
 
 
 def torchrun_command(argv: list[str], nproc: int) -> list[str]:
-    """One node, ``nproc`` processes: ``python -m torch.distributed.run ... run_bench.py ARGV``."""
-    script = Path(__file__).resolve().parent.parent / "run_bench.py"
+    """One node, ``nproc`` processes: ``python -m torch.distributed.run ... -m benchmarks.cli ARGV``
+    (the module, not a script path: an installed wheel has no run_bench.py beside it)."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            str(script), *argv]  # fmt: skip
+            "-m", "benchmarks.cli", *argv]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------- sweeps
@@ -116,15 +117,15 @@ class BenchJob:
     def __call__(self):
         import submitit
 
-        import run_bench
         from benchmarks.engine.preemption import Preempted, StopRequest
+        from benchmarks.runner import run_one
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        stop = StopRequest(env._usr_sig())  # takes the signal over from submitit's handler
+        stop = StopRequest(getattr(signal, "SIG" + env.USR_SIG))  # takes the signal over from submitit's handler
         try:
-            return str(run_bench.run_one(self.argv, stop))
+            return str(run_one(self.argv, stop))
         except Preempted:
             stop.forward()  # rank 0: submitit calls checkpoint(), requeues the job and exits
             return None
@@ -166,18 +167,31 @@ def slurm_executor(args: argparse.Namespace, cluster: str):
     return executor
 
 
+# AutoExecutor's parameter names -> SlurmExecutor's (the translation AutoExecutor does on submission)
+SBATCH_NAMES = {"name": "job_name", "timeout_min": "time", "tasks_per_node": "ntasks_per_node"}
+
+
 def sbatch_script(args: argparse.Namespace, jobs: int = 1) -> str:
     """The sbatch file submitit writes for these options (what ``--print-sbatch`` shows).
 
-    submitit refuses to build a Slurm executor where ``srun`` is missing; the script is still worth
-    reading on a laptop, so that one check is bypassed here (nothing is submitted).
+    submitit has no public call for this text, so this one function uses its executor's internals
+    (``_executor``, ``_make_submission_file_text``); pyproject pins submitit to the minor version
+    this was tested with, and tests/test_cli.py checks the script. Its Slurm executor refuses to
+    exist where ``srun`` is missing; the script is still worth reading on a laptop, so the preview
+    executor skips that one check (nothing is submitted).
     """
-    from unittest import mock
-
     from submitit.slurm.slurm import SlurmExecutor
 
-    with mock.patch.object(SlurmExecutor, "affinity", return_value=1):
-        executor = slurm_executor(args, "slurm")._executor
+    class PreviewExecutor(SlurmExecutor):
+        @classmethod
+        def affinity(cls) -> int:
+            return 1
+
+    executor = PreviewExecutor(folder=args.slurm_folder, max_num_timeout=args.max_requeues)
+    params = {SBATCH_NAMES.get(k, k.removeprefix("slurm_")): v for k, v in slurm_parameters(args).items()}
+    if "mem_gb" in params:
+        params["mem"] = f"{params.pop('mem_gb')}GB"
+    executor.update_parameters(**params)
     if jobs > 1:  # what submitit adds for a job array
         executor.parameters["map_count"] = jobs
     return executor._make_submission_file_text(executor._submitit_command_str, "%j")

@@ -9,6 +9,8 @@ import torch
 from timm.layers import LayerNorm2d
 from torch import nn
 
+from .config import ConfigError
+
 
 class ChannelLayerNorm(LayerNorm2d):
     """detectron2's channel LayerNorm (eps 1e-6) of x: [B, C, H, W], returned contiguous in NCHW.
@@ -43,7 +45,7 @@ def resampler(scale: float, dim: int, out_dim: int, mid_norm: str) -> tuple[nn.M
         return nn.Identity(), dim
     if scale == 0.5:
         return nn.MaxPool2d(2), dim
-    raise ValueError(f"unsupported pyramid scale {scale}")
+    raise ConfigError(f"unsupported pyramid scale {scale}")
 
 
 def msra_fill(module: nn.Module) -> None:

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import ROOT
 
-from benchmarks.coco.data import CocoInstances, check_layout, instance_mask
 from benchmarks.coco.evaluate import evaluate_results
-from benchmarks.coco.synthetic import make_synthetic_coco
 from benchmarks.coco.transforms import lsj
+from benchmarks.common.coco_format import CocoInstances, check_layout, instance_mask
+from benchmarks.common.synthetic_coco import make_synthetic_coco
 from benchmarks.datasets import DatasetError
 
 SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"

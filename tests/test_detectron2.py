@@ -84,7 +84,9 @@ def fixture_model(opts=()):
 
 @needs_fixture
 def test_every_key_of_the_detectron2_fixture_is_mapped_with_the_class_layout_turned():
-    from benchmarks.coco.task import load_foreign_checkpoint
+    from benchmarks.coco.task import CocoDetection
+
+    load_foreign_checkpoint = CocoDetection().load_foreign_checkpoint
 
     model, cfg = fixture_model()
     obj = read_checkpoint(FIXTURE / "model_final.pkl")
@@ -103,7 +105,9 @@ def test_every_key_of_the_detectron2_fixture_is_mapped_with_the_class_layout_tur
 
 @needs_fixture
 def test_an_unexplained_key_and_wrong_pixel_stats_are_errors_naming_them():
-    from benchmarks.coco.task import load_foreign_checkpoint
+    from benchmarks.coco.task import CocoDetection
+
+    load_foreign_checkpoint = CocoDetection().load_foreign_checkpoint
 
     model, cfg = fixture_model()
     obj = read_checkpoint(FIXTURE / "model_final.pkl")

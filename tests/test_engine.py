@@ -1,6 +1,9 @@
 """The shared engine: schedules, the resumable data stream, overrides, non-finite losses."""
 
+import json
 import math
+import os
+import stat
 from itertools import islice
 from pathlib import Path
 
@@ -11,10 +14,11 @@ from torch import nn
 
 from backbones import CheckpointError, VisionTransformer
 from benchmarks.config import ConfigError, apply_overrides
+from benchmarks.engine import trainer
 from benchmarks.engine.data import InfiniteSeededSampler
 from benchmarks.engine.distributed import DistInfo
 from benchmarks.engine.schedule import lr_factor
-from benchmarks.engine.trainer import NonFiniteLoss, train
+from benchmarks.engine.trainer import NonFiniteLoss, find_resume_checkpoint, load_training_checkpoint, train
 
 
 def sched(**kw):
@@ -54,8 +58,11 @@ def test_overrides_are_type_checked():
     cfg = OmegaConf.create({"train": {"iterations": 10, "lr": 0.1, "amp": "bf16", "steps": [1, 2], "on": False}})
     apply_overrides(cfg, ["train.iterations=20", "train.lr=1e-4", "train.steps=[3, 4]", "train.on=true"])
     assert cfg.train.iterations == 20 and cfg.train.lr == 1e-4 and list(cfg.train.steps) == [3, 4] and cfg.train.on
-    with pytest.raises(ConfigError, match="no such config key"):
+    with pytest.raises(ConfigError, match="no key 'iteratons' at train; did you mean train.iterations"):
         apply_overrides(cfg, ["train.iteratons=5"])
+    typo = r"no key 'trian' at the top level; did you mean train\? keys there: \['train'\]"
+    with pytest.raises(ConfigError, match=typo):
+        apply_overrides(cfg, ["trian.iterations=5"])  # a typo'd top-level key: the keys that exist, not []
     with pytest.raises(ConfigError, match="expected a int"):
         apply_overrides(cfg, ["train.iterations=abc"])
     with pytest.raises(ConfigError, match="key=value"):
@@ -99,22 +106,70 @@ def test_non_finite_loss_stops_with_iteration_terms_and_checkpoint(tmp_path: Pat
     cfg = tiny_train_config(iterations=5, checkpoint_period=1)
     model = ExplodingModel()
     with pytest.raises(NonFiniteLoss) as err:
-        train(cfg, model, model.backbone, Images(), tmp_path, DistInfo(), resume=False)
+        train(cfg, model, model.backbone, Images(), tmp_path, DistInfo())
     msg = str(err.value)
     assert "iteration 2" in msg and "loss_b=nan" in msg and str(tmp_path / "last_checkpoint.pth") in msg
     assert torch.load(tmp_path / "last_checkpoint.pth", weights_only=True)["iteration"] == 2
 
 
-def test_corrupt_checkpoint_at_resume_names_the_previous_one(tmp_path: Path):
-    cfg = tiny_train_config(iterations=4, checkpoint_period=2)
+def tiny_vit_task():
     model = VisionTransformer(embed_dim=12, depth=2, num_heads=2, img_size=32)
     wrapped = nn.ModuleDict({"backbone": model})
     wrapped.forward = lambda images, targets: {"loss": model(torch.stack(images).float()).square().mean()}
-    train(cfg, wrapped, model, Images(), tmp_path, DistInfo(), resume=False)
+    return wrapped, model
+
+
+def test_damaged_last_checkpoint_resumes_from_the_previous_one(tmp_path: Path):
+    cfg = tiny_train_config(iterations=4, checkpoint_period=2)
+    wrapped, model = tiny_vit_task()
+    train(cfg, wrapped, model, Images(), tmp_path, DistInfo())
     last, previous = tmp_path / "last_checkpoint.pth", tmp_path / "previous_checkpoint.pth"
     assert torch.load(previous, weights_only=True)["iteration"] == 2
     last.write_bytes(last.read_bytes()[:100])  # a damaged last checkpoint
     with pytest.raises(CheckpointError) as err:
-        train(cfg, wrapped, model, Images(), tmp_path, DistInfo(), resume=True)
+        load_training_checkpoint(last)
     assert str(last) in str(err.value) and "previous_checkpoint.pth is intact" in str(err.value)
-    assert torch.load(previous, weights_only=True)["iteration"] == 2  # kept as it was
+    assert find_resume_checkpoint(tmp_path) == previous
+    assert train(cfg, wrapped, model, Images(), tmp_path, DistInfo(), resume_from=previous) == 4
+    assert torch.load(last, weights_only=True)["iteration"] == 4
+
+
+def test_a_kill_inside_the_save_keeps_the_last_checkpoint(tmp_path: Path, monkeypatch):
+    """The process dies while torch.save writes iteration 4: iteration 2's checkpoint is still the last one."""
+    cfg = tiny_train_config(iterations=4, checkpoint_period=2)
+    wrapped, model = tiny_vit_task()
+    real_save = torch.save
+
+    def dying_save(obj, f, *args, **kwargs):
+        if obj.get("iteration") == 4:
+            Path(f).write_bytes(b"PK\x03\x04 half a zip")
+            raise KeyboardInterrupt  # stands in for SIGKILL: nothing after this line runs
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(trainer.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, wrapped, model, Images(), tmp_path, DistInfo())
+    monkeypatch.setattr(trainer.torch, "save", real_save)
+    resume = find_resume_checkpoint(tmp_path)
+    assert resume == tmp_path / "last_checkpoint.pth"
+    assert torch.load(resume, weights_only=True)["iteration"] == 2
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_resume_never_restarts_from_zero_over_a_longer_log(tmp_path: Path):
+    log = tmp_path / "train_log.jsonl"
+    log.write_text("".join(json.dumps({"iter": i, "loss": 1.0}) + "\n" for i in (1, 10, 20)))
+    (tmp_path / "last_checkpoint.pth").write_bytes(b"")  # unreadable, and no previous one
+    with pytest.raises(CheckpointError, match="train_log.jsonl reaches iteration 20"):
+        find_resume_checkpoint(tmp_path)
+    assert len(log.read_text().splitlines()) == 3  # the log is left as it was
+    assert find_resume_checkpoint(tmp_path / "fresh") is None  # nothing yet: a fresh start is right
+
+
+def test_checkpoints_get_the_umask_mode_not_0600(tmp_path: Path):
+    old = os.umask(0o022)
+    try:
+        trainer.save_atomic({"x": torch.zeros(1)}, tmp_path / "c.pth")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "c.pth").stat().st_mode) == 0o644  # group and others can read it

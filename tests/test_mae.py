@@ -184,10 +184,13 @@ def test_cli_pretrains_on_an_image_folder_exports_and_visualizes(tmp_path):
     config = (out / "config.yaml").read_text()
     assert "iterations: 4" in config and "lr: 3.125e-05" in config  # blr 2e-3 x 4 / 256 (the CPU preset's blr)
     assert (out / "mae_pretrain_vit_tiny.pth").exists() and (out / "mae_pretrain_vit_tiny_full.pth").exists()
-    (out / "reconstructions.png").unlink()
+    records = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     vis = subprocess.run(cmd[:cmd.index("--opts")] + ["--visualize"] + cmd[cmd.index("--opts"):], cwd=ROOT,
                          capture_output=True, text=True)  # fmt: skip
-    assert vis.returncode == 0 and (out / "reconstructions.png").exists(), vis.stderr[-2000:]
+    assert vis.returncode == 0, vis.stderr[-2000:]
+    (folder,) = out.glob("visualize-*")  # the finished run's own files are left as they were
+    assert (folder / "reconstructions.png").exists() and json.loads((folder / "run.json").read_text())["of_run"]
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == records
 
 
 def test_speed_benchmark_prints_the_ratio_last():

@@ -101,24 +101,19 @@ def test_scheduler_stops_the_dependents_of_a_failed_step(tmp_path, capsys):
     assert "step failed (exit 3" in capsys.readouterr().err
 
 
-def slow_make_synthetic(root, num_train, num_val, seed):
-    """Stands in for make_synthetic_*: writes once (stamp), slowly, recording when it wrote."""
-    root = Path(root)
-    if (root / ".complete").exists():
-        return root
-    root.mkdir(parents=True, exist_ok=True)
+def slow_write_synthetic(root, num_train, num_val, seed):
+    """Stands in for write_synthetic_*: writes slowly, recording when it wrote."""
     with open(root.parent / "writes.txt", "a") as f:
         f.write(f"{time.time()}\n")
     time.sleep(0.5)
-    (root / ".complete").touch()
-    return root
+    (root / "data.txt").write_text("complete")
 
 
 def open_dataset(root: str, results) -> None:
     cfg = OmegaConf.create({"dataset": "synthetic", "synthetic": {"root": root, "num_train": 1, "num_val": 1,
                                                                   "seed": 0}})  # fmt: skip
-    got = dataset_root(cfg, None, DistInfo(), "UNUSED_ENV", "unused", slow_make_synthetic, lambda p: None)
-    results.put((got / ".complete").exists())
+    got = dataset_root(cfg, None, DistInfo(), "UNUSED_ENV", "unused", slow_write_synthetic, lambda p: None)
+    results.put((got / "data.txt").exists())
 
 
 def test_side_by_side_runs_write_a_synthetic_set_once(tmp_path):

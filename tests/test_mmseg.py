@@ -34,7 +34,9 @@ def fixture_model():
 
 
 def load_into_fresh_model(obj):
-    from benchmarks.ade20k.task import load_foreign_checkpoint
+    from benchmarks.ade20k.task import ADE20KSegmentation
+
+    load_foreign_checkpoint = ADE20KSegmentation().load_foreign_checkpoint
 
     model, cfg = fixture_model()
     torch.nn.init.zeros_(model.decode_head.classifier.weight)  # must be overwritten by the load

@@ -13,6 +13,7 @@ from torch import nn
 
 from backbones import VisionTransformer
 
+from ..common.normalize import PixelNormalize
 from ..necks import msra_fill, norm_layer, normal_fill, resampler
 from .metrics import IGNORE_INDEX
 
@@ -95,19 +96,7 @@ class UperNet(nn.Module):
         super().__init__()
         self.backbone, self.decode_head, self.aux_head = neck, decode, aux
         self.aux_level, self.aux_weight = aux_level, aux_weight
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) / 255, persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) / 255, persistent=False)
-
-    def normalize(self, images, valid_hw=None) -> torch.Tensor:
-        """Images in [0, 1] -> normalised [B, 3, H, W]; outside ``valid_hw`` (per image, the part that is
-        not padding) the input is 0, as mmseg's normalise-then-pad gives."""
-        x = torch.stack(images) if isinstance(images, list | tuple) else images
-        x = (x - self.mean) / self.std
-        if valid_hw is not None:
-            rows = torch.arange(x.shape[2], device=x.device)[None, :, None] < valid_hw[:, 0, None, None]
-            cols = torch.arange(x.shape[3], device=x.device)[None, None, :] < valid_hw[:, 1, None, None]
-            x = x * (rows & cols)[:, None].to(x.dtype)
-        return x
+        self.normalize = PixelNormalize(mean, std, scale=255)  # configs give mmseg's 0-255 values
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised x: [B, 3, H, W] -> logits [B, K, H, W]."""

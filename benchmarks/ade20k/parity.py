@@ -26,7 +26,7 @@ from ..parity import FixtureError, Stage, checkpoint_file, data_folders, dense, 
 from .data import read_rgb, resize, test_size
 from .evaluate import slide_logits
 from .model import build_upernet
-from .task import load_foreign_checkpoint
+from .task import ADE20KSegmentation
 
 DENSE_TOL, ARGMAX_AGREEMENT, GREY_LEVELS = 1e-5, 0.999, 1
 
@@ -92,7 +92,7 @@ def build_reference_model(folder: Path, meta: dict, opts=()):
     torch.manual_seed(0)
     encoder = VisionTransformer(**arch, **OmegaConf.to_container(cfg.backbone, resolve=True))
     model = build_upernet(cfg, encoder, num_classes)
-    if load_foreign_checkpoint(model, obj, cfg, LoadReport("parity", None, None), path) is None:
+    if ADE20KSegmentation().load_foreign_checkpoint(model, obj, cfg, LoadReport("parity", None, None), path) is None:
         raise FixtureError(f"{path}: not an mmseg UperNet checkpoint")
     return model.eval(), cfg
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..datasets import generate_once
+
 # ADE20K indices (objectInfo150.txt): building 2, sky 3, floor 4, tree 5, road 7, grass 10, person 13.
 CLASSES = {"building": 2, "sky": 3, "floor": 4, "tree": 5, "road": 7, "grass": 10, "person": 13}
 COLOURS = {2: (150, 110, 90), 3: (120, 170, 230), 4: (170, 150, 120), 5: (40, 120, 50), 7: (90, 90, 95),
@@ -60,12 +62,8 @@ def make_scene(rng: np.random.Generator, size_range=(192, 320)) -> tuple[np.ndar
     return img.astype(np.uint8), label
 
 
-def make_synthetic_ade20k(root: str | Path, num_train: int = 200, num_val: int = 40, seed: int = 0) -> Path:
-    """Write (once) ``root/ADEChallengeData2016`` with synthetic scenes; same arguments, same bytes."""
-    root = Path(root)
-    stamp = root / f".complete-{num_train}-{num_val}-{seed}"
-    if stamp.exists():
-        return root
+def write_synthetic_ade20k(root: Path, num_train: int, num_val: int, seed: int) -> None:
+    """``root/ADEChallengeData2016`` with synthetic scenes; same arguments, same bytes."""
     base = root / "ADEChallengeData2016"
     for split, n, split_seed, prefix in (
         ("training", num_train, seed, "train"),
@@ -79,5 +77,8 @@ def make_synthetic_ade20k(root: str | Path, num_train: int = 200, num_val: int =
             name = f"ADE_{prefix}_{i + 1:08d}"
             Image.fromarray(img).save(base / "images" / split / f"{name}.jpg", quality=95)
             Image.fromarray(label, mode="L").save(base / "annotations" / split / f"{name}.png")
-    stamp.touch()
-    return root
+
+
+def make_synthetic_ade20k(root: str | Path, num_train: int = 200, num_val: int = 40, seed: int = 0) -> Path:
+    """Write (once) a synthetic ADE20K-layout dataset; returns its root."""
+    return generate_once(Path(root), write_synthetic_ade20k, num_train, num_val, seed)

@@ -19,11 +19,11 @@ from torchvision.transforms import v2
 
 from backbones.vit import VisionTransformer
 
-from ..coco import task as coco_task
-from ..coco.data import CocoInstances
+from ..common.coco_format import CocoInstances, coco_root, num_classes
+from ..common.normalize import PixelNormalize
 from ..engine.distributed import DistInfo
 from ..engine.trainer import save_atomic
-from ..mae.model import IMAGENET_MEAN, IMAGENET_STD, normalized_batch
+from ..interface import Task
 
 log = logging.getLogger("bench")
 
@@ -67,47 +67,48 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.head = nn.Linear(encoder.embed_dim, num_classes)
         self.label_smoothing = label_smoothing
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalize = PixelNormalize()
 
     def logits(self, images) -> torch.Tensor:
         """images: list of [3, H, W] in [0, 1] or [N, 3, H, W] -> [N, classes]."""
-        return self.head(self.encoder(normalized_batch(images, self.pixel_mean, self.pixel_std))[:, 0])
+        return self.head(self.encoder(self.normalize(images))[:, 0])
 
     def forward(self, images, targets=None) -> dict[str, torch.Tensor]:
         labels = torch.tensor([t["label"] for t in targets], device=self.head.weight.device)
         return {"loss_cls": F.cross_entropy(self.logits(images), labels, label_smoothing=self.label_smoothing)}
 
 
-def data_root(cfg, data_root: str | None, info: DistInfo) -> Path:
-    return coco_task.data_root(cfg, data_root, info)
+class SupervisedPretraining(Task):
+    name = "sup_pretrain"
+    default_protocol = "sup"
+    description = "supervised ViT pretraining on COCO-format object crops (top-1)"
 
+    def data_root(self, cfg, data_root: str | None, info: DistInfo) -> Path:
+        return coco_root(cfg, data_root, info)
 
-def build_model(cfg, encoder, root: Path | None = None) -> Classifier:
-    return Classifier(encoder, coco_task.num_classes(cfg, root), cfg.model.label_smoothing)
+    def build_model(self, cfg, encoder, root: Path | None = None) -> Classifier:
+        return Classifier(encoder, num_classes(cfg, root), cfg.model.label_smoothing)
 
+    def train_dataset(self, cfg, root: Path) -> ObjectCrops:
+        return ObjectCrops(root, cfg.data.train_split, cfg.data.crop, train=True)
 
-def train_dataset(cfg, root: Path) -> ObjectCrops:
-    return ObjectCrops(root, cfg.data.train_split, cfg.data.crop, train=True)
-
-
-@torch.no_grad()
-def evaluate(cfg, model, root: Path, run_dir: Path, info: DistInfo, amp_dtype=None) -> dict | None:
-    """Rank 0: top-1 on the test split's object crops, and the export in the timm / DeiT layout."""
-    if not info.is_main:
-        return None
-    model = getattr(model, "module", model).to(info.device).eval()
-    dataset = ObjectCrops(root, cfg.data.test_split, cfg.data.crop, train=False)
-    correct = 0
-    for start in range(0, len(dataset), cfg.test.images_per_batch):
-        batch = [dataset[i] for i in range(start, min(start + cfg.test.images_per_batch, len(dataset)))]
-        x = torch.stack([b[0] for b in batch]).to(info.device).float() / 255
-        labels = torch.tensor([b[1]["label"] for b in batch], device=info.device)
-        correct += int((model.logits(x).argmax(-1) == labels).sum())
-    top1 = 100.0 * correct / max(len(dataset), 1)
-    state = {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()}
-    state |= {f"head.{k}": v.detach().cpu() for k, v in model.head.state_dict().items()}
-    path = run_dir / "sup_pretrain_encoder.pth"
-    save_atomic({"model": state}, path)
-    log.info("object-crop top-1 %.2f on %d crops; encoder -> %s", top1, len(dataset), path)
-    return {"top1": round(top1, 2), "encoder_checkpoint": str(path)}
+    @torch.no_grad()
+    def evaluate(self, cfg, model, root: Path, run_dir: Path, info: DistInfo, amp_dtype=None) -> dict | None:
+        """Rank 0: top-1 on the test split's object crops, and the export in the timm / DeiT layout."""
+        if not info.is_main:
+            return None
+        model = getattr(model, "module", model).to(info.device).eval()
+        dataset = ObjectCrops(root, cfg.data.test_split, cfg.data.crop, train=False)
+        correct = 0
+        for start in range(0, len(dataset), cfg.test.images_per_batch):
+            batch = [dataset[i] for i in range(start, min(start + cfg.test.images_per_batch, len(dataset)))]
+            x = torch.stack([b[0] for b in batch]).to(info.device).float() / 255
+            labels = torch.tensor([b[1]["label"] for b in batch], device=info.device)
+            correct += int((model.logits(x).argmax(-1) == labels).sum())
+        top1 = 100.0 * correct / max(len(dataset), 1)
+        state = {k: v.detach().cpu() for k, v in model.encoder.state_dict().items()}
+        state |= {f"head.{k}": v.detach().cpu() for k, v in model.head.state_dict().items()}
+        path = run_dir / "sup_pretrain_encoder.pth"
+        save_atomic({"model": state}, path)
+        log.info("object-crop top-1 %.2f on %d crops; encoder -> %s", top1, len(dataset), path)
+        return {"top1": round(top1, 2), "encoder_checkpoint": str(path)}

@@ -41,6 +41,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import batched_nms, clip_boxes_to_image, roi_align
 from torchvision.ops.poolers import LevelMapper
 
+from ..config import ConfigError
 from ..necks import msra_fill, normal_fill
 
 IMPLS = ("detectron2", "torchvision")
@@ -262,7 +263,7 @@ def detector_postprocess(result: dict, input_size: tuple[int, int], output_size:
         if "masks" in out:
             out["masks"] = paste_masks_in_image(out["masks"].float(), out["boxes"], (h, w)) > threshold
     else:
-        raise ValueError(f"model.ops.mask_paste must be one of {IMPLS}, got {paste!r}")
+        raise ConfigError(f"model.ops.mask_paste must be one of {IMPLS}, got {paste!r}")
     return out
 
 

@@ -33,6 +33,7 @@ from torchvision.ops.poolers import LevelMapper
 
 from backbones import VisionTransformer
 
+from ..config import ConfigError
 from ..necks import norm_layer, resampler
 from .detectron2_ops import (
     IMPLS,
@@ -148,7 +149,7 @@ def check_ops(ops) -> None:
     for key, value in ops.items():
         allowed = ("fp32", "autocast") if key == "box_decode" else IMPLS
         if value not in allowed:
-            raise ValueError(f"model.ops.{key} must be one of {allowed}, got {value!r}")
+            raise ConfigError(f"model.ops.{key} must be one of {allowed}, got {value!r}")
 
 
 def build_mask_rcnn(cfg, encoder: VisionTransformer, num_classes: int) -> GeneralizedRCNN:
@@ -162,7 +163,7 @@ def build_mask_rcnn(cfg, encoder: VisionTransformer, num_classes: int) -> Genera
         taps = [encoder.depth * k // 4 - 1 for k in (1, 2, 3, 4)]
         backbone = MultiScaleTaps(encoder, taps, m.fpn_channels, norm=m.head_norm)
     else:
-        raise ValueError(f"model.neck must be simple_pyramid or multiscale_taps, got {m.neck!r}")
+        raise ConfigError(f"model.neck must be simple_pyramid or multiscale_taps, got {m.neck!r}")
     c = m.fpn_channels
     head_norm = norm_layer(m.head_norm)
     coder = FP32BoxCoder if ops.box_decode == "fp32" else BoxCoder

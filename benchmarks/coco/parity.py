@@ -28,7 +28,7 @@ from ..config import CONFIG_DIR, apply_overrides, load_config
 from ..parity import FixtureError, Stage, checkpoint_file, data_folders, dense, find_source_image, flatten
 from .detectron2_ops import detector_postprocess, paste_masks_grid_sample
 from .model import LEVELS, build_mask_rcnn
-from .task import load_foreign_checkpoint
+from .task import CocoDetection
 from .transforms import resize_shortest_edge
 
 SIZES = {"b": "vit_base", "l": "vit_large", "h": "vit_huge"}
@@ -106,7 +106,7 @@ def build_reference_model(folder: Path, meta: dict, opts: list[str] = ()):
     torch.manual_seed(0)
     encoder = VisionTransformer(**arch, **OmegaConf.to_container(cfg.backbone, resolve=True))
     model = build_mask_rcnn(cfg, encoder, num_classes)
-    if load_foreign_checkpoint(model, obj, cfg, LoadReport("parity", None, None), path) is None:
+    if CocoDetection().load_foreign_checkpoint(model, obj, cfg, LoadReport("parity", None, None), path) is None:
         raise FixtureError(f"{path}: not a detectron2 Mask R-CNN checkpoint")
     return model.eval(), cfg
 

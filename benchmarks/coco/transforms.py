@@ -18,6 +18,8 @@ from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from ..config import ConfigError
+
 
 class RandomCropNoPad(v2.Transform):
     """Crop a random window of at most ``size`` × ``size`` (detectron2's FixedSizeCrop with pad=False)."""
@@ -94,4 +96,4 @@ def resize_shortest_edge(image: torch.Tensor, size: int, max_size: int, impl: st
         scale = min(size / min(height, width), max_size / max(height, width))
         return F.interpolate(image[None].float(), scale_factor=scale, mode="bilinear", recompute_scale_factor=True,
                              align_corners=False)[0]  # fmt: skip
-    raise ValueError(f"model.ops.test_resize must be detectron2 or torchvision, got {impl!r}")
+    raise ConfigError(f"model.ops.test_resize must be detectron2 or torchvision, got {impl!r}")

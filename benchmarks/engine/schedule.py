@@ -13,6 +13,8 @@ from __future__ import annotations
 import bisect
 import math
 
+from ..config import ConfigError
+
 
 def main_factor(it: int, total: int, s) -> float:
     if s.name == "multistep":
@@ -25,7 +27,7 @@ def main_factor(it: int, total: int, s) -> float:
         return max(0.0, 1.0 - max(it - begin, 0) / max(total - begin, 1)) ** s.get("power", 1.0)
     if s.name == "constant":
         return 1.0
-    raise ValueError(f"train.schedule.name must be multistep, cosine, poly or constant, got {s.name!r}")
+    raise ConfigError(f"train.schedule.name must be multistep, cosine, poly or constant, got {s.name!r}")
 
 
 def lr_factor(it: int, total: int, s) -> float:

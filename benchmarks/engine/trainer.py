@@ -7,13 +7,13 @@ mode, the encoder inside it (for the layer-decay groups) and a training dataset.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import logging
 import math
 import os
 import random
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -21,13 +21,14 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from backbones import CheckpointError, layer_decay_param_groups
 
+from ..config import ConfigError
 from .data import train_loader
 from .distributed import DistInfo, all_gather_objects, any_rank, barrier
 from .preemption import Preempted, StopRequest
+from .progress import progress
 from .schedule import lr_factor, set_lr
 
 log = logging.getLogger("bench")
@@ -40,8 +41,16 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def check_amp(cfg_train) -> None:
+    """``train.amp`` names a dtype this engine knows, whatever the device (a typo is not 'no AMP')."""
+    if cfg_train.get("amp") not in AMP_DTYPES:
+        known = ", ".join(str(k) for k in AMP_DTYPES if k is not None)
+        raise ConfigError(f"train.amp={cfg_train.get('amp')!r}: expected one of {known} (or null)")
+
+
 def amp_dtype(cfg_train, device: torch.device):
     """bf16/fp16 autocast on GPU; on CPU only when ``train.amp_cpu`` asks for it."""
+    check_amp(cfg_train)
     if device.type == "cpu" and not cfg_train.get("amp_cpu", False):
         return None
     return AMP_DTYPES[cfg_train.get("amp")]
@@ -50,24 +59,29 @@ def amp_dtype(cfg_train, device: torch.device):
 def per_device_batch(cfg_train, world_size: int) -> int:
     total, accumulate = cfg_train.images_per_batch, cfg_train.get("accumulate", 1)
     if total % (world_size * accumulate):
-        raise ValueError(
+        raise ConfigError(
             f"train.images_per_batch={total} is not divisible by world_size={world_size} x "
             f"train.accumulate={accumulate}; change one of them with --opts"
         )
     return total // (world_size * accumulate)
 
 
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temp file beside ``path``, then rename: a kill never leaves half a checkpoint."""
+def save_atomic(obj, path: Path, before_rename=None) -> None:
+    """torch.save to a temp file beside ``path``, then rename: a kill never leaves half a checkpoint.
+
+    The file gets the umask's mode (collaborators on a shared cluster can read it), not mkstemp's 0600.
+    ``before_rename()`` runs once the new file is complete (the rotation of the old one).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         torch.save(obj, tmp)
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def rng_state() -> dict:
@@ -98,6 +112,44 @@ def load_training_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"cannot read the training checkpoint {path} ({type(err).__name__}); {hint}") from None
 
 
+def is_readable(path: Path) -> bool:
+    """A checkpoint that opens (a kill mid-write leaves a file without its zip directory); lazy, no full read."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return True
+    except Exception:
+        return False
+
+
+def logged_iteration(run_dir: Path) -> int:
+    """The last iteration ``train_log.jsonl`` records (0 without one)."""
+    path = run_dir / "train_log.jsonl"
+    if not path.exists():
+        return 0
+    iters = [json.loads(line).get("iter", 0) for line in path.read_text().splitlines() if line.strip()]
+    return max(iters, default=0)
+
+
+def find_resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint ``--resume`` continues from: the last one, else the previous one, else none.
+
+    Never silently from scratch where the log shows later iterations: that would throw the work
+    away and rewrite the log.
+    """
+    for path in (run_dir / CHECKPOINT, run_dir / PREVIOUS):
+        if path.exists() and is_readable(path):
+            if path.name == PREVIOUS:
+                log.warning("%s is missing or unreadable: resuming from %s", run_dir / CHECKPOINT, path)
+            return path
+    logged = logged_iteration(run_dir)
+    if logged:
+        raise CheckpointError(
+            f"--resume: {run_dir}/train_log.jsonl reaches iteration {logged} but neither {CHECKPOINT} nor "
+            f"{PREVIOUS} can be read there; restoring one of them (or starting a new --output-dir) is up to you"
+        )
+    return None
+
+
 def build_optimizer(cfg, model: nn.Module, encoder) -> torch.optim.Optimizer:
     o = cfg.optim
     groups = layer_decay_param_groups(model, encoder, o.weight_decay, o.get("layer_decay", 1.0), o.wd_policy)
@@ -111,12 +163,9 @@ class JsonlLog:
         self.path, self.enabled = path, enabled
         self.tb = None
         if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(str(path.parent / "tb"))
-            except ImportError:  # TensorBoard is optional
-                pass
+            self.tb = SummaryWriter(str(path.parent / "tb"))
 
     def truncate_after(self, iteration: int) -> None:
         """Drop records past ``iteration``: a killed run logged them, the resumed run logs them again."""
@@ -130,37 +179,53 @@ class JsonlLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, float | int) and k != "iter":
-                    self.tb.add_scalar(k, v, record["iter"])
+            for k, v in flat_numbers(record).items():
+                if k != "iter":
+                    self.tb.add_scalar(k.replace(".", "/"), v, record["iter"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
 
 
-def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo, resume: bool,
-          stop: StopRequest | None = None) -> int:  # fmt: skip
+def flat_numbers(record: dict, prefix: str = "") -> dict[str, float]:
+    """Numbers of a (nested) record as ``a.b`` keys: TensorBoard's scalars."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out |= flat_numbers(v, f"{prefix}{k}.")
+        elif isinstance(v, float | int) and not isinstance(v, bool):
+            out[prefix + k] = v
+    return out
+
+
+def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo, resume_from: Path | None = None,
+          stop: StopRequest | None = None, periodic_eval=None) -> int:  # fmt: skip
     """Train ``model`` for ``cfg.train.iterations``; returns the final iteration.
 
     Checkpoints (``run_dir/last_checkpoint.pth``) every ``train.checkpoint_period`` iterations and at
-    the end hold model, optimizer, scaler, iteration and RNG states; ``resume`` continues from one.
+    the end hold model, optimizer, scaler, iteration and RNG states; ``resume_from`` continues from one.
     With ``stop`` (Slurm jobs), a scheduler signal ends the iteration, checkpoints and raises ``Preempted``.
+    ``periodic_eval``: ``due(iteration, total)`` and ``(model, iteration) -> metrics`` (``train.eval_period``).
     """
     t = cfg.train
     device = info.device
-    if info.distributed and device.type == "cuda":  # BN statistics over the whole batch (the protocols' SyncBN)
-        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place; torch's SyncBN runs on GPUs only
+    model = sync_batchnorm(model, t, info)
     model.to(device)
     optimizer = build_optimizer(cfg, model, encoder)
     dtype = amp_dtype(t, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ckpt_path = run_dir / CHECKPOINT
     start = 0
-    if resume and ckpt_path.exists():
-        state = load_training_checkpoint(ckpt_path)
+    if resume_from is not None:
+        state = load_training_checkpoint(resume_from)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"][info.rank])  # save_checkpoint gathers every rank's state
         start = state["iteration"]
-        log.info("resumed from %s at iteration %d", ckpt_path, start)
+        log.info("resumed from %s at iteration %d", resume_from, start)
     total = t.iterations
     if start >= total:
         return start
@@ -176,11 +241,14 @@ def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo
     )
     jsonl = JsonlLog(run_dir / "train_log.jsonl", info.is_main)
     jsonl.truncate_after(start)
-    bar = tqdm(total=total, initial=start, desc="train", disable=not info.is_main, dynamic_ncols=True)
+    bar = progress(total, "train", info.is_main, initial=start)
     data_iter = iter(loader)
-    last_good = str(ckpt_path) if ckpt_path.exists() else "none yet"
+    last_good = str(resume_from) if resume_from is not None else "none yet"
     model.train()
-    tic = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    tic = window_tic = time.perf_counter()
+    window_start, window_data = start, 0.0
     with stop.deferred() if stop is not None else nullcontext():
         for it in range(start, total):
             lr = set_lr(optimizer, cfg.optim.lr, lr_factor(it, total, t.schedule))
@@ -215,25 +283,59 @@ def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo
 
             done = it + 1
             bar.update(1)
+            window_data += data_time
             if done % t.log_period == 0 or done == total or done == start + 1:
-                seconds = (time.perf_counter() - tic) / max(done - start, 1)
-                record = {"iter": done, "lr": lr, "loss": sum(terms.values()), **terms,
-                          "time": seconds, "data_time": data_time}  # fmt: skip
+                now = time.perf_counter()
+                seconds = (now - window_tic) / max(done - window_start, 1)  # s/iteration over the last window
+                record = {"iter": done, "lr": lr, "loss": sum(terms.values()), **terms, "time": seconds,
+                          "data_time": window_data / max(done - window_start, 1),
+                          "eta_seconds": round(seconds * (total - done)), **memory(device)}  # fmt: skip
+                window_tic, window_start, window_data = now, done, 0.0
                 bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{lr:.2e}")
                 jsonl.write(record)
-                log.info("iter %d/%d  loss %.4f  lr %.3e  %s", done, total, record["loss"], lr,
+                log.info("iter %d/%d  loss %.4f  lr %.3e  %.3f s/it  data %.3f s/it  eta %s%s  %s", done, total,
+                         record["loss"], lr, seconds, record["data_time"],
+                         datetime.timedelta(seconds=record["eta_seconds"]),
+                         f"  peak mem {record['peak_mem_gb']:.2f} GB" if "peak_mem_gb" in record else "",
                          "  ".join(f"{k} {v:.4f}" for k, v in terms.items()))  # fmt: skip
             if done % t.checkpoint_period == 0 or done == total:
                 save_checkpoint(ckpt_path, model, optimizer, scaler, done, info)
                 last_good = str(ckpt_path)
+            if periodic_eval is not None and periodic_eval.due(done, total):
+                metrics = periodic_eval(model, done)
+                model.to(device).train()
+                if info.is_main:
+                    jsonl.write({"iter": done, "eval": metrics})
+                    log.info("evaluation at iteration %d: %s", done, metrics)
             if stop is not None and done < total and any_rank(stop.requested, info):
                 if done % t.checkpoint_period:
                     save_checkpoint(ckpt_path, model, optimizer, scaler, done, info)
                 barrier(info)  # every rank waits for the file before the job is requeued
                 bar.close()
+                jsonl.close()
                 raise Preempted(done)
     bar.close()
+    jsonl.close()
+    log.info("trained %d iterations in %s", total - start, datetime.timedelta(seconds=int(time.perf_counter() - tic)))
     return total
+
+
+def sync_batchnorm(model: nn.Module, cfg_train, info: DistInfo) -> nn.Module:
+    """BatchNorm -> SyncBatchNorm (statistics over the whole batch, the protocols' SyncBN) when several
+    GPU processes train and ``train.sync_bn`` (default true) asks for it; torch's SyncBN runs on GPUs only."""
+    if not (cfg_train.get("sync_bn", True) and info.distributed):
+        return model
+    if info.device.type != "cuda":
+        log.warning("SyncBN needs GPUs: on %s each process normalises with its own batch statistics", info.device)
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def memory(device: torch.device) -> dict[str, float]:
+    """Peak GPU memory so far (GB), as detectron2 logs ``max_mem``; nothing on CPU."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_mem_gb": round(torch.cuda.max_memory_allocated(device) / 2**30, 3)}
 
 
 def to_device(target: dict, device) -> dict:
@@ -264,7 +366,10 @@ def save_checkpoint(path: Path, model, optimizer, scaler, iteration: int, info: 
             "iteration": iteration,
             "rng": rngs,
         }
-        if path.exists():
-            os.replace(path, path.with_name(PREVIOUS))
-        save_atomic(state, path)
+
+        def rotate():  # only once the new checkpoint is complete: a kill while saving loses nothing
+            if path.exists():
+                os.replace(path, path.with_name(PREVIOUS))
+
+        save_atomic(state, path, before_rename=rotate)
         log.info("checkpoint at iteration %d -> %s", iteration, path)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..config import ConfigError
+
 STRATEGIES = ("random", "block", "grid")
 
 
@@ -86,7 +88,7 @@ def one_block_mask(h: int, w: int, target: int, generator=None, min_patches: int
 def grid_scores(n: int, grid: tuple[int, int], ratio: float, generator=None) -> torch.Tensor:
     """0 on one patch of each 2×2 cell (random offset per sample), 1 elsewhere, plus tie-breaking noise."""
     if abs(ratio - 0.75) > 1e-6:
-        raise ValueError(f"grid masking keeps 1 of 4 patches: mask ratio must be 0.75, got {ratio}")
+        raise ConfigError(f"grid masking keeps 1 of 4 patches: mask ratio must be 0.75, got {ratio}")
     h, w = grid
     offset = torch.randint(0, 2, (n, 2), generator=generator)
     rows = torch.arange(h).view(1, h, 1) % 2 == offset[:, 0].view(n, 1, 1)
@@ -106,8 +108,8 @@ def make_masking(strategy: str, n: int, grid: tuple[int, int], ratio: float, gen
     save), so a resumed run draws the same masks on any device.
     """
     if strategy not in SCORES:
-        raise ValueError(f"unknown masking {strategy!r}; choose one of {STRATEGIES}")
+        raise ConfigError(f"unknown masking {strategy!r}; choose one of {STRATEGIES}")
     if not 0 <= ratio < 1:
-        raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
+        raise ConfigError(f"mask ratio must be in [0, 1), got {ratio}")
     scores = SCORES[strategy](n, grid, ratio, generator)
     return masking_from_scores(scores, num_visible(grid[0] * grid[1], ratio)).to(device)

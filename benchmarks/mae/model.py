@@ -19,10 +19,9 @@ from torch import nn
 
 from backbones.vit import VisionTransformer
 
+from ..common.normalize import PixelNormalize
+from ..config import ConfigError
 from .masking import Masking, make_masking
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) -> torch.Tensor:
@@ -32,7 +31,7 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) ->
     computed in float64 as the MAE repo does (the column comes first: its meshgrid is 'xy').
     """
     if dim % 4:
-        raise ValueError(f"sin-cos position embedding needs a dim divisible by 4, got {dim}")
+        raise ConfigError(f"sin-cos position embedding needs a dim divisible by 4, got {dim}")
     omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
     rows, cols = np.meshgrid(np.arange(grid[0], dtype=np.float64), np.arange(grid[1], dtype=np.float64), indexing="ij")
     c, r = np.outer(cols.reshape(-1), omega), np.outer(rows.reshape(-1), omega)
@@ -40,12 +39,6 @@ def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) ->
     if cls_token:
         table = np.concatenate([np.zeros((1, dim)), table], axis=0)
     return torch.from_numpy(table).float().unsqueeze(0)
-
-
-def normalized_batch(images, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """A list of [3, H, W] in [0, 1] (the engine's batches) or a tensor -> normalized [N, 3, H, W]."""
-    x = torch.stack(list(images)) if isinstance(images, list | tuple) else images
-    return (x - mean) / std
 
 
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
@@ -90,9 +83,9 @@ class MaskedAutoencoder(nn.Module):
                  norm_pix_loss: bool = True, encoder_sees: str = "visible"):  # fmt: skip
         super().__init__()
         if encoder.cls_token is None or encoder.pos_embed is None or encoder.no_embed_class:
-            raise ValueError("MAE pretraining needs a ViT with a cls token and an absolute pos-embed with a cls slot")
+            raise ConfigError("MAE pretraining needs a ViT with a cls token and an absolute pos-embed with a cls slot")
         if encoder_sees not in ("visible", "all"):
-            raise ValueError(f"encoder_sees must be 'visible' or 'all', got {encoder_sees!r}")
+            raise ConfigError(f"encoder_sees must be 'visible' or 'all', got {encoder_sees!r}")
         self.encoder = encoder
         self.patch_size = encoder.patch_size
         self.grid = encoder.pos_embed_grid
@@ -114,8 +107,7 @@ class MaskedAutoencoder(nn.Module):
         if encoder_sees == "all":
             self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.init_weights()
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalize = PixelNormalize()
 
     def init_weights(self) -> None:
         """As models_mae.py: xavier-uniform linears (patch embed as a linear), tokens normal(0.02)."""
@@ -170,9 +162,6 @@ class MaskedAutoencoder(nn.Module):
             x = block(x)
         return self.decoder_pred(self.decoder_norm(x))[:, 1:]
 
-    def normalize(self, images) -> torch.Tensor:
-        return normalized_batch(images, self.pixel_mean, self.pixel_std)
-
     def forward(self, images, targets=None, masking: Masking | None = None) -> dict[str, torch.Tensor]:
         """Training step: {"loss": masked MSE}. images: list of [3, H, W] in [0, 1] or [N, 3, H, W]."""
         x = self.normalize(images)
@@ -190,7 +179,7 @@ class MaskedAutoencoder(nn.Module):
             target = patchify(x, self.patch_size)
             mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
             pred = pred * (var + 1.0e-6) ** 0.5 + mean
-        out = unpatchify(pred, self.patch_size, self.grid) * self.pixel_std + self.pixel_mean
+        out = unpatchify(pred, self.patch_size, self.grid) * self.normalize.std + self.normalize.mean
         return out.clamp(0, 1)
 
 

@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from ..datasets import generate_once
+
 CATEGORIES = [
     {"id": 1, "name": "disc", "supercategory": "shape"},
     {"id": 3, "name": "square", "supercategory": "shape"},
@@ -150,13 +152,12 @@ def write_split(root: Path, split: str, num_images: int, seed: int, first_id: in
     (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(data))
 
 
-def make_synthetic_coco(root: str | Path, num_train: int = 400, num_val: int = 80, seed: int = 0) -> Path:
-    """Write (once) a synthetic COCO-format dataset; returns its root. Same arguments, same bytes."""
-    root = Path(root)
-    stamp = root / f".complete-{num_train}-{num_val}-{seed}"
-    if stamp.exists():
-        return root
+def write_synthetic_coco(root: Path, num_train: int, num_val: int, seed: int) -> None:
+    """The train2017 / val2017 splits with their annotation files; same arguments, same bytes."""
     write_split(root, "train2017", num_train, seed, first_id=1)
     write_split(root, "val2017", num_val, seed + 1, first_id=1_000_000)
-    stamp.touch()
-    return root
+
+
+def make_synthetic_coco(root: str | Path, num_train: int = 400, num_val: int = 80, seed: int = 0) -> Path:
+    """Write (once) a synthetic COCO-format dataset; returns its root."""
+    return generate_once(Path(root), write_synthetic_coco, num_train, num_val, seed)

@@ -21,7 +21,9 @@ from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
-from ..datasets import DatasetError
+from ..datasets import DatasetError, dataset_root
+from ..engine.distributed import DistInfo
+from .synthetic_coco import write_synthetic_coco
 
 COCO_HELP = """expected COCO 2017 layout under {root}:
   annotations/instances_{{train,val}}2017.json
@@ -42,12 +44,32 @@ def check_layout(root: Path, splits: list[str]) -> None:
         raise DatasetError("missing: " + ", ".join(missing) + "\n" + COCO_HELP.format(root=root))
 
 
+def coco_root(cfg, data_root: str | None, info: DistInfo) -> Path:
+    """``--data-root`` wins; else the preset's dataset: real COCO ($COCO_ROOT, datasets/coco) or synthetic."""
+    splits = [cfg.data.train_split, cfg.data.test_split]
+    return dataset_root(cfg.data, data_root, info, "COCO_ROOT", "datasets/coco", write_synthetic_coco,
+                        lambda root: check_layout(root, splits))  # fmt: skip
+
+
+def num_classes(cfg, root: Path | None) -> int:
+    """Categories of the dataset's test split when a dataset is at hand, else ``data.num_classes``."""
+    if root is None:
+        return cfg.data.num_classes
+    path = annotation_file(root, cfg.data.test_split)
+    categories = read_json(path).get("categories")
+    if not isinstance(categories, list) or not categories:
+        raise DatasetError(f"{path} has no 'categories' list: it is not a COCO instances file (download it again)")
+    return len(categories)
+
+
 def read_json(path: Path) -> dict:
     try:
         with open(path) as f:
             return json.load(f)
     except json.JSONDecodeError as err:
         raise DatasetError(f"{path} is not valid JSON ({err}); download the annotations again") from err
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path} is not a text (JSON) file ({err}); download the annotations again") from err
 
 
 class CategoryMap:
