@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import pickle
 import shutil
 import urllib.error
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +168,40 @@ def read_numpy_pickle(path: Path) -> Any:
         raise CheckpointError(f"{path}: not a readable pickle ({why}); download it again") from err
 
 
+# What the first bytes of a file say it is. A checkpoint is a zip (torch >= 1.6), a bare pickle
+# (older torch, detectron2 .pkl) or safetensors (an 8-byte header length, then JSON).
+SIGNATURES = [
+    (b"PK\x03\x04", "zip"),
+    (b"\x80", "pickle"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+    (b"\x93NUMPY", "a numpy .npy array, not a checkpoint"),
+    (b"BZh", "a bzip2 archive (unpack it first)"),
+    (b"\xfd7zXZ", "an xz archive (unpack it first)"),
+]
+
+
+def file_kind(path: Path) -> str:
+    """What ``path`` holds, from its first bytes: zip, pickle, safetensors, or a description of what it is."""
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file (0 bytes): the download did not happen"
+    with open(path, "rb") as f:
+        head = f.read(512)
+    for magic, kind in SIGNATURES:
+        if head.startswith(magic):
+            return kind
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "an HTML page (a saved error or login page, not the file: download it again)"
+    if text.startswith((b"{", b"[")):
+        return "a JSON text file, not a checkpoint"
+    if len(head) >= 8 and 0 < int.from_bytes(head[:8], "little") < size and head[8:9] == b"{":
+        return "safetensors"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return f"a text file, not a checkpoint (it starts {head[:40].decode(errors='replace')!r})"
+    return f"not a known checkpoint format ({size} bytes starting {head[:8].hex(' ')})"
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The object stored in a checkpoint, read without executing anything.
 
@@ -178,6 +210,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.suffix == ".pkl":
+        kind = file_kind(path)
+        if kind != "pickle":
+            raise CheckpointError(f"{path}: not a checkpoint: it is {kind}")
         return read_numpy_pickle(path)
     if path.suffix == ".npz":
         raise CheckpointError(
@@ -189,27 +224,31 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             return load_safetensors(str(path), device="cpu")
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err}); download it again") from err
+    kind = file_kind(path)
+    if kind not in ("zip", "pickle"):
+        raise CheckpointError(f"{path}: not a checkpoint: it is {kind}")
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(unsafe_pickle_message(path, err)) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except Exception as err:  # truncated or corrupt: torch raises many types here; say what the file is
+        first = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(
-            f"{path}: cannot be read as a torch checkpoint ({type(err).__name__}: {str(err).splitlines()[0]}). "
+            f"{path}: a {kind} file that torch cannot read ({type(err).__name__}{': ' + first if first else ''}). "
             "It is probably truncated or corrupt: download it again."
-        ) from err
+        ) from None
 
 
 def unsafe_pickle_message(path: Path, err: Exception) -> str:
+    """Why a pickle was refused, naming what it asks for; torch's own advice (weights_only=False) is not relayed."""
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception:  # the scan is best effort: the refusal stands either way
         found = []
-    names = ", ".join(found) if found else str(err).splitlines()[0]
+    asks = f"it asks for {', '.join(found)}" if found else "it holds objects that are not tensors or plain containers"
     return (
-        f"{path}: refused. Loading it would need arbitrary unpickling ({names}), which can run code; "
-        "nothing in it was executed. Official checkpoints hold only tensors and plain containers: "
-        "get the file from its official URL, or re-save its state_dict with tensors only "
-        f"(and check it with torch.serialization.get_unsafe_globals_in_checkpoint('{os.fspath(path)}'))."
+        f"{path}: refused: {asks}. Building those would run code from the file, so nothing in it was executed. "
+        "Official checkpoints hold only tensors and plain containers: get the file from its official URL, or "
+        "re-save its state_dict with tensors only where you trust it."
     )

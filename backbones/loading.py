@@ -157,8 +157,38 @@ def raise_on_gaps(title: str, gaps: dict[str, list[str]], hint: str) -> None:
         raise CheckpointError(f"{title}:\n  " + "\n  ".join(problems) + f"\n{hint}")
 
 
+def file_architecture(state: dict[str, torch.Tensor]) -> tuple[int, int, int] | None:
+    """(width, blocks, patch) of the ViT a converted encoder state dict describes; None if it does not say."""
+    kernel = state.get("patch_embed.proj.weight")
+    blocks = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))}
+    if kernel is None or not blocks:
+        return None
+    return kernel.shape[0], max(blocks) + 1, kernel.shape[-1]
+
+
+def check_architecture(encoder: VisionTransformer, converted: Converted, backbone: str) -> None:
+    """A file of another ViT size is said in one paragraph (which ViT it is, which backbones fit it)."""
+    found = file_architecture(converted.state_dict)
+    want = (encoder.embed_dim, encoder.depth)
+    if found is None or found[:2] == want:
+        return
+    from .registry import architectures, zoo
+
+    width, depth, patch = found
+    names = [n for n, a in architectures().items() if (a["embed_dim"], a["depth"]) == (width, depth)]
+    fits = [s.name for s in zoo().values() if s.arch in names]
+    arch = f" ({names[0]}, patch {patch})" if names else f" (patch {patch})"
+    use = f": use {' or '.join(fits[:4])}" if fits else ": no registered backbone has this size"
+    examples = ", ".join(f"{k} {list(v.shape)}" for k, v in list(converted.state_dict.items())[:3])
+    raise CheckpointError(
+        f"this file is a {width}-d, {depth}-block ViT{arch}{use}. Backbone {backbone} is a "
+        f"{want[0]}-d, {want[1]}-block ViT. First keys of the file: {examples}"
+    )
+
+
 def apply_converted(encoder: VisionTransformer, converted: Converted, report: LoadReport) -> None:
     """Copy converted weights into ``encoder`` strictly, filling ``report``; raises on any gap."""
+    check_architecture(encoder, converted, report.backbone)
     target = encoder.state_dict()
     ready: dict[str, torch.Tensor] = {}
     unexpected, mismatched = [], []
@@ -185,7 +215,8 @@ def apply_converted(encoder: VisionTransformer, converted: Converted, report: Lo
         else:
             report.loaded[key] = list(shape)
     missing = [k for k in target if k not in ready]
-    not_allowed = [k for k in missing if not k.endswith(PROTOCOL_ADDED)]
+    misfit = {m.split(":")[0] for m in mismatched}  # listed once, as not fitting, not also as missing
+    not_allowed = [k for k in missing if not k.endswith(PROTOCOL_ADDED) and k not in misfit]
     raise_on_gaps(
         f"checkpoint does not fit backbone {report.backbone} (converter {report.converter})",
         {"encoder weights missing from the checkpoint": not_allowed, "shapes that do not fit": mismatched,

@@ -5,9 +5,12 @@
     python -m results.collect RUNS_DIR --update-baseline results/baselines/cpu.json
     python -m results.collect RUNS_DIR --plot figures/
 
-Every ``metrics.json`` below RUNS_DIR becomes one row; several seeds of one cell are shown as
-mean ± std (n). Folders that look like runs but have no readable ``metrics.json`` are listed
-under "skipped" with the reason; the tables are produced from the rest.
+Every ``metrics.json`` below RUNS_DIR becomes one row. Runs are averaged (mean ± std (n)) only
+when they differ in nothing but the seed: same task, backbone, protocol, preset, dataset, split and
+config values (``config_digest`` in metrics.json). Anything else is its own row, labelled by what
+differs (``[dataset coco_sample, 2 it]``); a baseline cell never mixes two experiments. Folders
+that look like runs but have no readable ``metrics.json`` are listed under "skipped" with the
+reason; the tables are produced from the rest.
 """
 
 from __future__ import annotations
@@ -55,26 +58,66 @@ def read_runs(runs_dir: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
             skipped.append((str(folder), f"unreadable metrics.json ({type(err).__name__}: {err})"))
             continue
         if task in PRETRAIN_TASKS:
-            numbers = ", ".join(f"{k} {v}" for k, v in metrics.items() if isinstance(v, int | float))
-            skipped.append((str(folder), f"pretraining run ({task}: {numbers}), no transfer metric"))
+            skipped.append((str(folder), f"pretraining run ({task}: {metric_text(metrics)}), no transfer metric"))
             continue
         if task not in KNOWN_TASKS:
             skipped.append((str(folder), f"unknown task {task!r}"))
             continue
+        if record.get("evaluation_of"):
+            skipped.append((str(folder), f"re-evaluation of {record['evaluation_of']} ({metric_text(metrics)})"))
+            continue
         meta = {k: record.get(k) for k in ("task", "backbone", "arch", "pretrain", "provenance", "protocol",
-                                           "preset", "seed", "iterations", "wall_seconds")}  # fmt: skip
+                                           "preset", "seed", "iterations", "wall_seconds", "dataset", "split",
+                                           "config_digest", "config")}  # fmt: skip
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         checkpoint = record.get("checkpoint") or {}
         if checkpoint.get("released"):  # a released model evaluated here: its own table, not a protocol cell
             meta |= {"released": checkpoint["released"], "published": checkpoint.get("published", {}),
                      "source": checkpoint.get("source", ""), "protocol": "released"}  # fmt: skip
         rows.append({**meta, **numbers, "run": str(folder)})
-    return pd.DataFrame(rows), skipped
+    return label_variants(pd.DataFrame(rows)), skipped
+
+
+def metric_text(metrics: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in metrics.items() if isinstance(v, int | float))
+
+
+CELL = ["task", "protocol", "preset", "backbone"]  # what a table cell names
+# What else makes two runs different experiments (the seed aside); old records lack the digest.
+EXPERIMENT = ["dataset", "split", "config_digest", "config", "iterations"]
+
+
+def label_variants(df: pd.DataFrame) -> pd.DataFrame:
+    """Column ``variant``: empty where a cell holds one experiment, else what tells its experiments apart."""
+    if df.empty:
+        return df
+    for col in EXPERIMENT:
+        if col not in df:
+            df[col] = None
+    df["experiment"] = ["|".join(map(str, values)) for values in df[EXPERIMENT].itertuples(index=False)]
+    df["variant"] = ""
+    for _, cell in df.groupby(CELL, dropna=False):
+        if cell.experiment.nunique() < 2:
+            continue
+        differ = [c for c in EXPERIMENT if len({str(v) for v in cell[c]}) > 1]
+        for index, run in cell.iterrows():
+            df.loc[index, "variant"] = ", ".join(describe(c, run[c]) for c in differ if c != "config")
+    return df
+
+
+def describe(column: str, value) -> str:
+    if column == "dataset":
+        return f"dataset {Path(str(value)).name}"
+    if column == "iterations":
+        return f"{value} it"
+    if column == "config_digest":
+        return f"config {value}"
+    return f"{column} {value}"
 
 
 def summarize(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Mean, std and count per (task, protocol, preset, backbone) for ``metrics``."""
-    keys = ["task", "protocol", "preset", "backbone", "arch", "pretrain"]
+    """Mean, std and count per experiment (task, protocol, preset, backbone, variant) for ``metrics``."""
+    keys = ["task", "protocol", "preset", "backbone", "variant", "arch", "pretrain"]
     present = [m for m in metrics if m in df]
     grouped = df.groupby(keys, dropna=False)[present]
     out = grouped.mean().round(2)
@@ -101,13 +144,14 @@ def paper_table(df: pd.DataFrame, paper: pd.DataFrame, task, protocol, paper_pro
     ref = paper[(paper.task == task) & paper.protocol.isin(paper_protocols)]
     pretrains = [p for p in ROW_ORDER if p in set(runs.pretrain) | set(ref.pretrain)]
     table = {}
-    for pre in pretrains:
+    for pre, variant in [(p, v) for p in pretrains for v in sorted(set(runs[runs.pretrain == p].variant)) or [""]]:
         row = {}
-        stand_in = runs[(runs.pretrain == pre) & runs.provenance.fillna("").str.startswith("stand-in")]
+        mine = runs[(runs.pretrain == pre) & (runs.variant == variant)] if len(runs) else runs
+        stand_in = mine[mine.provenance.fillna("").str.startswith("stand-in")]
         for metric in metrics:
             for arch in ("vit_base", "vit_large"):
                 short = ARCH_SHORT[arch]
-                sel = runs[(runs.pretrain == pre) & (runs.arch == arch)]
+                sel = mine[mine.arch == arch]
                 values = sel[metric].dropna() if metric in sel else pd.Series(dtype=float)
                 ours = values.mean() if len(values) else float("nan")
                 row[(metric, short, "ours")] = cell(ours, values.std(ddof=0), len(values))
@@ -117,7 +161,7 @@ def paper_table(df: pd.DataFrame, paper: pd.DataFrame, task, protocol, paper_pro
                     source = match.source.iloc[0] if len(match) else ""
                     row[(metric, short, "paper")] = f"{value:.1f} [{source}]" if len(match) else "–"
                     row[(metric, short, "Δ")] = f"{ours - value:+.1f}" if len(values) and len(match) else "–"
-        table[pre + (" †" if len(stand_in) else "")] = row
+        table[pre + (f" [{variant}]" if variant else "") + (" †" if len(stand_in) else "")] = row
     out = pd.DataFrame.from_dict(table, orient="index")
     if len(out.columns):
         out.columns = pd.MultiIndex.from_tuples(out.columns)
@@ -149,15 +193,16 @@ def cpu_table(df: pd.DataFrame) -> pd.DataFrame:
     columns = [("coco_det", "box_AP", "APbox"), ("coco_det", "mask_AP", "APmask"), ("ade20k_seg", "mIoU", "mIoU")]
     archs = [a for a in ARCH_SHORT if a in set(df.arch)]
     table = {}
-    for pre in [p for p in ROW_ORDER if p in set(df.pretrain)] + sorted(set(df.pretrain) - set(ROW_ORDER)):
+    pretrains = [p for p in ROW_ORDER if p in set(df.pretrain)] + sorted(set(df.pretrain) - set(ROW_ORDER))
+    for pre, variant in [(p, v) for p in pretrains for v in sorted(set(df[df.pretrain == p].variant))]:
         row = {}
         for task, metric, label in columns:
             for arch in archs:
-                sel = df[(df.pretrain == pre) & (df.task == task) & (df.arch == arch)]
+                sel = df[(df.pretrain == pre) & (df.variant == variant) & (df.task == task) & (df.arch == arch)]
                 values = sel[metric].dropna() if metric in sel else pd.Series(dtype=float)
                 mean = values.mean() if len(values) else float("nan")
                 row[f"{label} {ARCH_SHORT[arch]}"] = cell(mean, values.std(ddof=0), len(values))
-        table[pre] = row
+        table[pre + (f" [{variant}]" if variant else "")] = row
     return pd.DataFrame.from_dict(table, orient="index")
 
 
@@ -202,11 +247,13 @@ def report(df: pd.DataFrame, skipped, fmt: str, with_paper: bool) -> str:
 
 
 def cell_key(row) -> str:
-    return f"{row['task']}/{row['backbone']}/{row['preset']}"
+    """task/backbone/preset/protocol, and the variant where a folder holds several experiments of one cell."""
+    key = f"{row['task']}/{row['backbone']}/{row['preset']}/{row['protocol']}"
+    return key + (f" [{row['variant']}]" if row.get("variant") else "")
 
 
 def measured(df: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Mean metric per task/backbone/preset (the baseline's cells)."""
+    """Mean metric per experiment (the baseline's cells): runs that differ only in the seed."""
     out: dict[str, dict[str, float]] = {}
     for key, group in df.groupby(df.apply(cell_key, axis=1)):
         values = group[[m for m in HEADLINE if m in group]].mean()
@@ -240,6 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update-baseline", type=Path, metavar="BASELINE", help="write the measured metrics as baseline")
     p.add_argument("--plot", type=Path, metavar="DIR", help="write figures: ours vs paper per cell, training curves")
     args = p.parse_args(argv)
+    if not args.runs_dir.is_dir():
+        print(f"error: {args.runs_dir} is not a folder: name the folder that holds the run folders", file=sys.stderr)
+        return 2
+    if args.check and not args.check.is_file():
+        print(f"error: no baseline {args.check}: record one with --update-baseline {args.check}", file=sys.stderr)
+        return 2
     df, skipped = read_runs(args.runs_dir)
     text = report(df, skipped, args.format, args.paper)
     if args.out:

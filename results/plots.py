@@ -45,6 +45,12 @@ def plot_vs_paper(df: pd.DataFrame, paper: pd.DataFrame, out_dir: Path) -> list[
     return written
 
 
+def run_label(run) -> str:
+    """Legend text: backbone, protocol, seed, and what sets the run apart from others of its cell."""
+    variant = f" [{run.variant}]" if getattr(run, "variant", "") else ""
+    return f"{run.backbone} {run.protocol} seed {run.seed}{variant}"
+
+
 def plot_training_curves(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """Loss and lr against iteration for every run that has a train_log.jsonl, one figure per task."""
     written = []
@@ -57,7 +63,7 @@ def plot_training_curves(df: pd.DataFrame, out_dir: Path) -> list[Path]:
                 continue
             records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
             its = [r["iter"] for r in records]
-            loss_ax.plot(its, [r["loss"] for r in records], label=f"{run.backbone} seed {run.seed}")
+            loss_ax.plot(its, [r["loss"] for r in records], label=run_label(run))
             lr_ax.plot(its, [r["lr"] for r in records])
             drawn += 1
         if drawn:

@@ -12,6 +12,7 @@ from results.collect import main, read_runs
 
 def write_run(root, name, task, backbone, arch, pretrain, protocol, metrics, seed=0, preset="paper",
               provenance="paper"):  # fmt: skip
+    """A run folder's metrics.json as the runner writes it (the fields the collector reads)."""
     folder = root / name
     folder.mkdir(parents=True)
     record = {"task": task, "backbone": backbone, "arch": arch, "pretrain": pretrain, "provenance": provenance,
@@ -66,18 +67,65 @@ def test_check_passes_then_fails_on_drop_and_missing(runs, tmp_path, capsys):
     baseline = tmp_path / "baseline.json"
     assert main([str(runs), "--update-baseline", str(baseline)]) == 0
     data = json.loads(baseline.read_text())
-    assert data["coco_det/mae_vit_b/paper"] == {"box_AP": 50.5, "mask_AP": 44.5}
+    assert data["coco_det/mae_vit_b/paper/mae_paper"] == {"box_AP": 50.5, "mask_AP": 44.5}
     assert main([str(runs), "--check", str(baseline)]) == 0
 
-    data["coco_det/mae_vit_b/paper"]["box_AP"] = 51.2  # now 50.5 is 0.7 below
-    data["ade20k_seg/beit_vit_b/paper"] = {"mIoU": 45.0}  # a cell no run produced
+    data["coco_det/mae_vit_b/paper/mae_paper"]["box_AP"] = 51.2  # now 50.5 is 0.7 below
+    data["ade20k_seg/beit_vit_b/paper/upernet"] = {"mIoU": 45.0}  # a cell no run produced
     baseline.write_text(json.dumps(data))
     capsys.readouterr()
     assert main([str(runs), "--check", str(baseline), "--tolerance", "0.5"]) == 1
     err = capsys.readouterr().err
-    assert "coco_det/mae_vit_b/paper box_AP: 50.50 < baseline 51.20" in err
-    assert "ade20k_seg/beit_vit_b/paper mIoU: missing" in err
+    assert "coco_det/mae_vit_b/paper/mae_paper box_AP: 50.50 < baseline 51.20" in err
+    assert "ade20k_seg/beit_vit_b/paper/upernet mIoU: missing" in err
     assert main([str(runs), "--check", str(baseline), "--tolerance", "1.0"]) == 1  # still missing
+
+
+def test_only_runs_that_differ_in_the_seed_are_averaged(tmp_path, capsys):
+    """Two protocols of one backbone, and a 2-iteration run on another dataset beside the CPU preset:
+    each its own row and baseline cell, labelled by what differs; only the two seeds are averaged."""
+    r = tmp_path / "runs"
+    common = dict(task="coco_det", backbone="random_vit_tiny", arch="vit_tiny", pretrain="random", preset="cpu")
+    for name, protocol, seed, box, extra in [
+        ("cpu0", "vitdet", 0, 30.0, {"dataset": "datasets/synthetic_coco", "iterations": 400, "config_digest": "aaa"}),
+        ("cpu1", "vitdet", 1, 32.0, {"dataset": "datasets/synthetic_coco", "iterations": 400, "config_digest": "aaa"}),
+        ("sample", "vitdet", 0, 0.5, {"dataset": "../shared/data/coco_sample", "iterations": 2,
+                                      "config_digest": "bbb"}),
+        ("paper", "mae_paper", 0, 10.0, {"dataset": "datasets/synthetic_coco", "iterations": 400,
+                                         "config_digest": "ccc"}),
+    ]:  # fmt: skip
+        folder = write_run(r, name, protocol=protocol, seed=seed, metrics={"box_AP": box, "mask_AP": box}, **common)
+        record = json.loads((folder / "metrics.json").read_text()) | extra
+        (folder / "metrics.json").write_text(json.dumps(record))
+    baseline = tmp_path / "b.json"
+    assert main([str(r), "--update-baseline", str(baseline), "--out", str(tmp_path / "t.md")]) == 0
+    cells = json.loads(baseline.read_text())
+    assert cells["coco_det/random_vit_tiny/cpu/vitdet [dataset synthetic_coco, config aaa, 400 it]"]["box_AP"] == 31.0
+    assert cells["coco_det/random_vit_tiny/cpu/vitdet [dataset coco_sample, config bbb, 2 it]"]["box_AP"] == 0.5
+    assert cells["coco_det/random_vit_tiny/cpu/mae_paper"]["box_AP"] == 10.0
+    assert len(cells) == 3
+    table = (tmp_path / "t.md").read_text()
+    assert "31.0 ± 1.0 (n=2)" in table and "(n=3)" not in table and "15.8" not in table
+
+
+def test_a_re_evaluation_is_not_a_second_seed(tmp_path, capsys):
+    r = tmp_path / "runs"
+    write_run(r, "run", "coco_det", "mae_vit_b", "vit_base", "mae", "vitdet", {"box_AP": 50.0, "mask_AP": 44.0})
+    again = write_run(r / "run", "eval-1", "coco_det", "mae_vit_b", "vit_base", "mae", "vitdet",
+                      {"box_AP": 40.0, "mask_AP": 34.0})  # fmt: skip
+    record = json.loads((again / "metrics.json").read_text()) | {"evaluation_of": str(r / "run")}
+    (again / "metrics.json").write_text(json.dumps(record))
+    assert main([str(r)]) == 0
+    out = capsys.readouterr().out
+    assert "re-evaluation of" in out and "45.0" not in out and "n=2" not in out
+
+
+def test_missing_folder_and_missing_baseline_exit_2(tmp_path, capsys):
+    assert main([str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main([str(tmp_path), "--check", str(tmp_path / "none.json")]) == 2
+    err = capsys.readouterr().err
+    assert "no baseline" in err and "--update-baseline" in err
 
 
 def test_empty_folder_still_reports(tmp_path, capsys):

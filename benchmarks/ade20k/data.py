@@ -62,8 +62,9 @@ def read_rgb(path: Path) -> torch.Tensor:
 class ADE20K(torch.utils.data.Dataset):
     """(image uint8 [3, H, W], {"sem_seg": int64 [H, W] with 0..149 and 255}) pairs of one split."""
 
-    def __init__(self, root: str | Path, split: str, transforms=None):
+    def __init__(self, root: str | Path, split: str, transforms=None, num_classes: int = 150):
         self.root = dataset_folder(Path(root))
+        self.num_classes = num_classes
         base = self.root / "ADEChallengeData2016"
         image_dir, label_dir = base / "images" / split, base / "annotations" / split
         missing = [str(p) for p in (image_dir, label_dir) if not p.is_dir()]
@@ -94,6 +95,12 @@ class ADE20K(torch.utils.data.Dataset):
         label = np.asarray(label_img)
         if label.shape != tuple(image.shape[1:]):
             raise DatasetError(f"{label_path}: label {label.shape} and image {tuple(image.shape[1:])} differ in size")
+        if label.size and int(label.max()) > self.num_classes:  # 255 included: the official files never hold it
+            raise DatasetError(
+                f"{label_path}: label value {int(label.max())}, but the {self.num_classes} classes are "
+                f"1..{self.num_classes} (0 = other): not a SceneParsing (ADEChallengeData2016) annotation "
+                "(ADE20K-full? a colour PNG?)"
+            )
         return image, reduce_zero_label(torch.from_numpy(label.copy()))
 
     def __getitem__(self, index: int):

@@ -28,8 +28,9 @@ class ADE20KSegmentation(Task):
 
     def data_root(self, cfg, data_root: str | None, info: DistInfo) -> Path:
         """``--data-root`` wins; else the preset's dataset: real ADE20K ($ADE20K_ROOT, datasets/ade20k) or synthetic."""
-        return dataset_root(cfg.data, data_root, info, "ADE20K_ROOT", "datasets/ade20k", write_synthetic_ade20k,
-                            lambda root: ADE20K(root, cfg.data.test_split))  # fmt: skip
+        d = cfg.data
+        return dataset_root(d, data_root, info, "ADE20K_ROOT", "datasets/ade20k", write_synthetic_ade20k,
+                            lambda root: ADE20K(root, d.test_split, num_classes=d.num_classes))  # fmt: skip
 
     def build_model(self, cfg, encoder, root: Path | None = None):
         return build_upernet(cfg, encoder, cfg.data.num_classes)
@@ -43,12 +44,13 @@ class ADE20KSegmentation(Task):
 
     def train_dataset(self, cfg, root: Path) -> ADE20K:
         d = cfg.data
-        return ADE20K(root, d.train_split, TrainPipeline(d.crop, tuple(d.scale), tuple(d.ratio_range), d.cat_max_ratio))
+        pipeline = TrainPipeline(d.crop, tuple(d.scale), tuple(d.ratio_range), d.cat_max_ratio)
+        return ADE20K(root, d.train_split, pipeline, d.num_classes)
 
     def evaluate(self, cfg, model, root: Path, run_dir: Path, info: DistInfo, amp_dtype=None) -> dict | None:
         """Single-scale (and, with ``test.multi_scale``, multi-scale + flip) mIoU over the whole split."""
         t, k = cfg.test, cfg.data.num_classes
-        dataset = ADE20K(root, cfg.data.test_split)
+        dataset = ADE20K(root, cfg.data.test_split, num_classes=k)
         model.to(info.device).eval()
         single, multi = ConfusionMatrix(k), ConfusionMatrix(k) if t.multi_scale else None
         shard = range(info.rank, len(dataset), info.world_size)
