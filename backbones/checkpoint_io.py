@@ -108,6 +108,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> tuple[Pat
         path = Path(weights).expanduser()
         if not path.is_file():
             raise CheckpointError(f"--weights {path}: no such file")
+    if path.suffix not in (".safetensors", ".npz") and file_kind(path) not in ("zip", "pickle"):
+        raise CheckpointError(f"{path}: not a checkpoint: it is {file_kind(path)}")  # before any run folder exists
     info: dict[str, Any] = {
         "path": str(path.resolve()),
         "sha256": file_digest(path),

@@ -10,7 +10,7 @@ import argparse
 import subprocess
 import sys
 
-from backbones import CheckpointError, UnknownBackbone, zoo
+from backbones import BackboneConfigError, CheckpointError, zoo
 
 from .config import CONFIG_DIR, ConfigError
 from .datasets import DatasetError
@@ -20,7 +20,7 @@ from .runner import plan_runs, run_one
 from .tasks import TASKS
 
 # What the user can fix from the message alone; anything else is a bug and keeps its traceback.
-USER_ERRORS = (CheckpointError, ConfigError, DatasetError, NonFiniteLoss, UnknownBackbone)
+USER_ERRORS = (BackboneConfigError, CheckpointError, ConfigError, DatasetError, NonFiniteLoss)
 
 EXAMPLES = """examples:
   run-bench --task coco_det --backbone mae_vit_b                      ViTDet protocol, 1 process

@@ -195,6 +195,18 @@ class Plan:
     weights: tuple | None  # (path, info) of the pretrained backbone file, resolved and hashed once
     resume_from: Path | None  # the checkpoint a --resume or an --eval-only of a run loads
 
+    @property
+    def seed(self) -> int:
+        return self.cfg.train.seed if "train" in self.cfg else 0
+
+    @property
+    def protocol(self) -> dict:
+        """The encoder options of the protocol (``backbone:`` of the config)."""
+        protocol = OmegaConf.to_container(self.cfg.get("backbone", {}), resolve=True)
+        if self.cfg.get("train", {}).get("grad_checkpointing"):
+            protocol["grad_checkpointing"] = True
+        return protocol
+
 
 def run_config(args, task: Task, spec: BackboneSpec, run_dir: Path) -> tuple[DictConfig, Path]:
     """The config of this command: a run folder's own (``--eval-only`` / ``--visualize`` of a run) or the CLI's."""
@@ -290,17 +302,24 @@ def run(args, stop: StopRequest | None = None) -> Path:
     started = datetime.datetime.now().astimezone()
     info = init_distributed(args.device)
     plan = make_plan(args, info)
+    seed_everything(plan.seed)  # the same random init on every rank
+    encoder = build_encoder(plan.spec, plan.protocol)
+    model = plan.task.build_model(plan.cfg, encoder, plan.root)  # a model option that cannot be built: no folder
     plan.out.mkdir(parents=True, exist_ok=True)
     setup_logging(plan.out, info.is_main)
     try:
-        return execute(args, plan, info, started, stop)
+        return execute(args, plan, info, started, stop, model, encoder)
     except Exception:
-        log.exception("run failed")  # the traceback reaches log.txt, not only the job's stderr
+        # The traceback goes to log.txt; the terminal gets the CLI's one line (a user error) or
+        # Python's own traceback (a bug), not both.
+        log.error("run failed", exc_info=True, extra={"file_only": True})
         raise
 
 
-def execute(args, plan: Plan, info: DistInfo, started: datetime.datetime, stop: StopRequest | None) -> Path:
-    task, spec, cfg, out = plan.task, plan.spec, plan.cfg, plan.out
+def execute(args, plan: Plan, info: DistInfo, started: datetime.datetime, stop: StopRequest | None,
+            model, encoder) -> Path:  # fmt: skip
+    """The run itself, logging into ``plan.out``: weights, training, evaluation, metrics.json."""
+    task, spec, cfg, out, protocol = plan.task, plan.spec, plan.cfg, plan.out, plan.protocol
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     log.info("command: %s", command)
     log.info("run folder: %s; environment: %s", out, json.dumps(environment(info)))
@@ -315,13 +334,6 @@ def execute(args, plan: Plan, info: DistInfo, started: datetime.datetime, stop: 
             write_json(out / RUN_RECORD, identity)
         if not (out / "config.yaml").exists():
             OmegaConf.save(cfg, out / "config.yaml")
-    seed = cfg.train.seed if "train" in cfg else 0
-    seed_everything(seed)  # the same random init on every rank
-    protocol = OmegaConf.to_container(cfg.get("backbone", {}), resolve=True)
-    if cfg.get("train", {}).get("grad_checkpointing"):
-        protocol["grad_checkpointing"] = True
-    encoder = build_encoder(spec, protocol)
-    model = task.build_model(cfg, encoder, plan.root)
     checkpoint = None
     if args.checkpoint:  # a whole fine-tuned model: the pretrained backbone file is not needed
         report, checkpoint = load_model_checkpoint(task, model, spec, cfg, args.checkpoint)
@@ -340,7 +352,7 @@ def execute(args, plan: Plan, info: DistInfo, started: datetime.datetime, stop: 
             print(report.summary() if report is not None else "the model comes from the run's checkpoint")
             print(f"wrote {out / 'load_report.json'}")
         return out
-    seed_everything(seed + info.rank)  # each rank its own drop-path / sampling stream
+    seed_everything(plan.seed + info.rank)  # each rank its own drop-path / sampling stream
     if args.visualize:
         if plan.resume_from is not None:
             model.load_state_dict(load_training_checkpoint(plan.resume_from)["model"])

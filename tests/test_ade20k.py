@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, RUN_BENCH
 from helpers import kill_after_first_checkpoint
 from omegaconf import OmegaConf
 from PIL import Image
@@ -145,10 +145,10 @@ def test_short_training_lowers_loss_and_resume_is_exact(tmp_path):
             "test.scale=[256,64]", f"data.synthetic.root={tmp_path / 'syn'}", "data.synthetic.num_train=16",
             "data.synthetic.num_val=2", "data.workers=1", "train.iterations=16", "train.checkpoint_period=4",
             "train.log_period=1", "train.images_per_batch=4"]  # fmt: skip
-    base = [sys.executable, "run_bench.py", "--task", "ade20k_seg", "--backbone", "random_vit_tiny", "--preset", "cpu",
+    base = [sys.executable, RUN_BENCH, "--task", "ade20k_seg", "--backbone", "random_vit_tiny", "--preset", "cpu",
             "--device", "cpu"]  # fmt: skip
     straight = tmp_path / "straight"
-    subprocess.run([*base, "--output-dir", str(straight), "--opts", *opts], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([*base, "--output-dir", str(straight), "--opts", *opts], check=True, capture_output=True)
     losses = [json.loads(x)["loss"] for x in (straight / "train_log.jsonl").read_text().splitlines()]
     assert sum(losses[-4:]) < sum(losses[:4])
     metrics = json.loads((straight / "metrics.json").read_text())["metrics"]
@@ -156,9 +156,10 @@ def test_short_training_lowers_loss_and_resume_is_exact(tmp_path):
     assert (straight / "per_class.csv").read_text().count("\n") == 151
 
     killed = tmp_path / "killed"
-    interrupted_at = kill_after_first_checkpoint([*base, "--output-dir", str(killed), "--opts", *opts], killed, ROOT)
+    cmd = [*base, "--output-dir", str(killed), "--opts", *opts]
+    interrupted_at = kill_after_first_checkpoint(cmd, killed, tmp_path)
     assert 0 < interrupted_at < 16
-    subprocess.run([*base, "--output-dir", str(killed), "--resume", "--opts", *opts], cwd=ROOT, check=True,
+    subprocess.run([*base, "--output-dir", str(killed), "--resume", "--opts", *opts], check=True,
                    capture_output=True)  # fmt: skip
     a = torch.load(straight / "last_checkpoint.pth", weights_only=True)["model"]
     b = torch.load(killed / "last_checkpoint.pth", weights_only=True)["model"]

@@ -7,7 +7,7 @@ import sys
 import official_layouts as L
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, RUN_BENCH
 from official_layouts import VIT_B
 
 from backbones import zoo
@@ -20,7 +20,7 @@ REQUIRED = [
 
 
 def run(*args, check=True):
-    proc = subprocess.run([sys.executable, "run_bench.py", *args], cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, RUN_BENCH, *args], capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, RUN_BENCH
 from helpers import kill_after_first_checkpoint
 
 from benchmarks.engine.trainer import CHECKPOINT
@@ -31,12 +31,12 @@ def tiny_opts(tmp_path, iterations=12, period=3):
 
 
 def cli(out, opts, *extra):
-    return [sys.executable, "run_bench.py", "--task", "coco_det", "--backbone", "random_vit_tiny", "--preset", "cpu",
+    return [sys.executable, RUN_BENCH, "--task", "coco_det", "--backbone", "random_vit_tiny", "--preset", "cpu",
             "--output-dir", str(out), "--device", "cpu", *extra, "--opts", *opts]  # fmt: skip
 
 
 def run(cmd, **kw):
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, **kw)
+    proc = subprocess.run(cmd, capture_output=True, text=True, **kw)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -72,10 +72,10 @@ def assert_same_run(a_dir, b_dir):
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, straight):
     opts = tiny_opts(tmp_path)
     killed = tmp_path / "killed"
-    interrupted_at = kill_after_first_checkpoint(cli(killed, opts), killed, ROOT)
+    interrupted_at = kill_after_first_checkpoint(cli(killed, opts), killed, tmp_path)
     assert 0 < interrupted_at < 12 and not (killed / "metrics.json").exists()
 
-    refused = subprocess.run(cli(killed, opts), cwd=ROOT, capture_output=True, text=True)
+    refused = subprocess.run(cli(killed, opts), capture_output=True, text=True)
     assert refused.returncode == 2 and "--resume" in refused.stderr  # never overwrite a run silently
     run(cli(killed, opts, "--resume"))
 
@@ -140,8 +140,9 @@ def test_ddp_two_gloo_processes(tmp_path):
     metrics_two = json.loads((out / "metrics.json").read_text())
     assert metrics_two["world_size"] == 2
 
-    run(cli(out, opts, "--eval-only"))  # the same checkpoint, evaluated by one process
-    one = json.loads((out / "coco_results.json").read_text())
+    run(cli(out, opts, "--eval-only"))  # the same checkpoint, evaluated by one process, into its own folder
+    (evaluation,) = out.glob("eval-*")
+    one = json.loads((evaluation / "coco_results.json").read_text())
     assert len(one) == len(two) > 0
 
     def scores_by_image(results):  # equal up to float noise: 1 vs 2 threads and other batch mates
@@ -154,7 +155,7 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert a.keys() == b.keys()
     for image_id in a:
         assert a[image_id] == pytest.approx(b[image_id], abs=1e-3), image_id
-    metrics_one = json.loads((out / "metrics.json").read_text())["metrics"]
+    metrics_one = json.loads((evaluation / "metrics.json").read_text())["metrics"]
     for key, value in metrics_two["metrics"].items():
         assert metrics_one[key] == pytest.approx(value, abs=0.5), key
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import RUN_BENCH
 
 from results.collect import main, read_runs
 
@@ -141,11 +141,11 @@ def test_an_lr_off_by_100x_fails_the_check(tmp_path):
             "data.synthetic.num_val=4", "data.workers=0", "train.iterations=30", "train.checkpoint_period=30",
             "train.log_period=10", "train.images_per_batch=4", "train.schedule.warmup_iters=5",
             "train.schedule.poly_begin=5"]  # fmt: skip
-    base = [sys.executable, "run_bench.py", "--task", "ade20k_seg", "--backbone", "random_vit_tiny", "--preset", "cpu",
+    base = [sys.executable, RUN_BENCH, "--task", "ade20k_seg", "--backbone", "random_vit_tiny", "--preset", "cpu",
             "--device", "cpu"]  # fmt: skip
     good, bad = tmp_path / "good" / "run", tmp_path / "bad" / "run"
-    subprocess.run([*base, "--output-dir", str(good), "--opts", *opts], cwd=ROOT, check=True, capture_output=True)
-    subprocess.run([*base, "--output-dir", str(bad), "--opts", *opts, "optim.lr=4e-6"], cwd=ROOT, check=True,
+    subprocess.run([*base, "--output-dir", str(good), "--opts", *opts], check=True, capture_output=True)
+    subprocess.run([*base, "--output-dir", str(bad), "--opts", *opts, "optim.lr=4e-6"], check=True,
                    capture_output=True)  # fmt: skip
     baseline = tmp_path / "cpu.json"
     assert main([str(good.parent), "--update-baseline", str(baseline), "--out", str(tmp_path / "t.md")]) == 0

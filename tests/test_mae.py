@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import RUN_BENCH
 from PIL import Image
 
 from backbones import get_spec, load_pretrained
@@ -172,11 +172,11 @@ def test_cli_pretrains_on_an_image_folder_exports_and_visualizes(tmp_path):
     write_images(tmp_path / "inet" / "train" / "a", 8)
     write_images(tmp_path / "inet" / "val" / "a", 4)
     out = tmp_path / "run"
-    cmd = [sys.executable, "run_bench.py", "--task", "mae_pretrain", "--backbone", "random_vit_tiny", "--preset", "cpu",
+    cmd = [sys.executable, RUN_BENCH, "--task", "mae_pretrain", "--backbone", "random_vit_tiny", "--preset", "cpu",
            "--device", "cpu", "--data-root", str(tmp_path / "inet"), "--output-dir", str(out), "--opts",
            "train.epochs=2", "train.warmup_epochs=1", "train.images_per_batch=4", "backbone.img_size=64",
            "data.crop=64", "data.workers=0", "test.images=4", "test.images_per_batch=4"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "mae_pretrain" and metrics["iterations"] == 4  # 2 epochs x ceil(8 / 4)
@@ -185,7 +185,7 @@ def test_cli_pretrains_on_an_image_folder_exports_and_visualizes(tmp_path):
     assert "iterations: 4" in config and "lr: 3.125e-05" in config  # blr 2e-3 x 4 / 256 (the CPU preset's blr)
     assert (out / "mae_pretrain_vit_tiny.pth").exists() and (out / "mae_pretrain_vit_tiny_full.pth").exists()
     records = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    vis = subprocess.run(cmd[:cmd.index("--opts")] + ["--visualize"] + cmd[cmd.index("--opts"):], cwd=ROOT,
+    vis = subprocess.run(cmd[:cmd.index("--opts")] + ["--visualize"] + cmd[cmd.index("--opts"):],
                          capture_output=True, text=True)  # fmt: skip
     assert vis.returncode == 0, vis.stderr[-2000:]
     (folder,) = out.glob("visualize-*")  # the finished run's own files are left as they were
@@ -195,7 +195,7 @@ def test_cli_pretrains_on_an_image_folder_exports_and_visualizes(tmp_path):
 
 def test_speed_benchmark_prints_the_ratio_last():
     proc = subprocess.run([sys.executable, "-m", "benchmarks.speed", "mae", "--arch", "vit_tiny", "--batch", "2",
-                           "--repeats", "1", "--img-size", "64"], cwd=ROOT, capture_output=True, text=True)  # fmt: skip
+                           "--repeats", "1", "--img-size", "64"], capture_output=True, text=True)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("speedup: ") and float(last.split()[1]) > 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, RUN_BENCH
 from omegaconf import OmegaConf
 
 from backbones import get_spec, load_pretrained
@@ -131,11 +131,11 @@ def test_side_by_side_runs_write_a_synthetic_set_once(tmp_path):
 @pytest.mark.skipif(not COCO_SAMPLE.is_dir(), reason="../shared/data/coco_sample is not here")
 def test_supervised_pretraining_on_the_coco_sample_exports_a_deit_layout_encoder(tmp_path):
     out = tmp_path / "sup"
-    cmd = [sys.executable, "run_bench.py", "--task", "sup_pretrain", "--backbone", "random_vit_tiny",
+    cmd = [sys.executable, RUN_BENCH, "--task", "sup_pretrain", "--backbone", "random_vit_tiny",
            "--preset", "cpu", "--device", "cpu", "--data-root", str(COCO_SAMPLE), "--output-dir", str(out),
            "--opts", "train.iterations=3", "train.images_per_batch=8", "backbone.img_size=32", "data.crop=32",
            "data.workers=0", "test.images_per_batch=64"]  # fmt: skip
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "sup_pretrain" and metrics["iterations"] == 3

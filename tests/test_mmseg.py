@@ -85,7 +85,7 @@ def test_an_unexplained_mmseg_key_is_an_error_naming_it():
 
 @needs_fixture
 def test_parity_harness_passes_every_stage_of_the_mmseg_fixture():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.parity", str(FIXTURE)], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.parity", str(FIXTURE)], capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]

@@ -22,9 +22,11 @@ def progress(total: int, desc: str, enabled: bool = True, initial: int = 0) -> t
 
 
 class TqdmHandler(logging.StreamHandler):
-    """Writes records above a live bar (``tqdm.write``) instead of through it."""
+    """Writes records above a live bar (``tqdm.write``) instead of through it; skips ``file_only`` ones."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(record, "file_only", False):  # for log.txt only (a failure's traceback)
+            return
         try:
             tqdm.write(self.format(record), file=self.stream)
         except Exception:  # logging's contract: a handler never raises

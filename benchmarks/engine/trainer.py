@@ -298,15 +298,15 @@ def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo
                          datetime.timedelta(seconds=record["eta_seconds"]),
                          f"  peak mem {record['peak_mem_gb']:.2f} GB" if "peak_mem_gb" in record else "",
                          "  ".join(f"{k} {v:.4f}" for k, v in terms.items()))  # fmt: skip
-            if done % t.checkpoint_period == 0 or done == total:
-                save_checkpoint(ckpt_path, model, optimizer, scaler, done, info)
-                last_good = str(ckpt_path)
-            if periodic_eval is not None and periodic_eval.due(done, total):
-                metrics = periodic_eval(model, done)
+            if periodic_eval is not None and periodic_eval.due(done, total):  # before the checkpoint: a
+                metrics = periodic_eval(model, done)  # checkpoint at N means everything of N is done
                 model.to(device).train()
                 if info.is_main:
                     jsonl.write({"iter": done, "eval": metrics})
                     log.info("evaluation at iteration %d: %s", done, metrics)
+            if done % t.checkpoint_period == 0 or done == total:
+                save_checkpoint(ckpt_path, model, optimizer, scaler, done, info)
+                last_good = str(ckpt_path)
             if stop is not None and done < total and any_rank(stop.requested, info):
                 if done % t.checkpoint_period:
                     save_checkpoint(ckpt_path, model, optimizer, scaler, done, info)
