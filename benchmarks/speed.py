@@ -115,7 +115,7 @@ def coco_model(arch: str, canvas: int, device):
     from .coco.model import build_mask_rcnn
     from .config import CONFIG_DIR, apply_overrides, load_config
 
-    size = {"vit_base": "b", "vit_large": "l", "vit_huge": "h"}[arch]
+    size = {"vit_tiny": "t", "vit_base": "b", "vit_large": "l", "vit_huge": "h"}[arch]
     cfg = load_config(CONFIG_DIR / "coco_det" / f"vitdet_vit_{size}.yaml")
     cfg = apply_overrides(cfg, [f"backbone.img_size={canvas}", f"data.canvas={canvas}"])
     encoder = VisionTransformer(**architectures()[arch], **OmegaConf.to_container(cfg.backbone))
@@ -134,7 +134,7 @@ def ade20k_model(arch: str, crop: int, device):
     from .ade20k.model import build_upernet
     from .config import CONFIG_DIR, apply_overrides, load_config
 
-    size = {"vit_base": "b", "vit_large": "l"}[arch]
+    size = {"vit_tiny": "t", "vit_base": "b", "vit_large": "l"}[arch]
     cfg = load_config(CONFIG_DIR / "ade20k_seg" / f"upernet_vit_{size}.yaml")
     cfg = apply_overrides(cfg, [f"backbone.img_size={crop}", f"data.crop={crop}"])
     encoder = VisionTransformer(**architectures()[arch], **OmegaConf.to_container(cfg.backbone))

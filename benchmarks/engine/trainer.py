@@ -241,6 +241,10 @@ def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo
     )
     jsonl = JsonlLog(run_dir / "train_log.jsonl", info.is_main)
     jsonl.truncate_after(start)
+    log.info("training iterations %d -> %d: %d images per step = %d processes x %d per batch x %d accumulated; "
+             "autocast %s", start, total, t.images_per_batch, info.world_size, batch, accumulate,
+             str(dtype).removeprefix("torch.").replace("bfloat16", "bf16").replace("float16", "fp16") if dtype
+             else "off (fp32)")  # fmt: skip
     bar = progress(total, "train", info.is_main, initial=start)
     data_iter = iter(loader)
     last_good = str(resume_from) if resume_from is not None else "none yet"
