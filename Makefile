@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test regression lint clean
+.PHONY: venv demo test regression wheel-check lint clean
 
 venv: $(STAMP)
 
@@ -29,9 +29,25 @@ regression: $(STAMP)
 	$(PY) -m benchmarks.miniature --rows random --jobs 2 --threads 1 --out runs/ci
 	$(PY) -m results.collect runs/ci --check results/baselines/cpu.json --tolerance 3
 
+# The package as a user installs it (pip install ., no source tree): build the wheel, install it into
+# a fresh venv and run the CLI from another folder. The fresh venv borrows the dependencies of $(VENV)
+# through a .pth line (torch is GBs); the project itself comes only from the wheel.
+WHL := .whl
+wheel-check: $(STAMP)
+	rm -rf $(WHL) && mkdir -p $(WHL)
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHL) .
+	$(PYTHON) -m venv $(WHL)/venv
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$$($(WHL)/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/deps.pth"
+	$(WHL)/venv/bin/python -m pip install -q --no-deps --no-index $(WHL)/*.whl
+	cd $$(mktemp -d) && $(CURDIR)/$(WHL)/venv/bin/python -c "import benchmarks, configs; assert all('/site-packages/' in m.__file__ for m in (benchmarks, configs)), configs.__file__" \
+	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --list-backbones > backbones.txt && grep -q mae_vit_b backbones.txt \
+	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --list-configs | grep -q upernet_vit_b \
+	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --task coco_det --backbone random_vit_tiny --preset cpu --dry-run --output-dir dry \
+	  && test -f dry/load_report.json && test ! -e runs && echo "wheel check passed in $$PWD"
+
 lint: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs $(WHL)

@@ -1,0 +1,256 @@
+"""Finding, verifying and safely reading checkpoint files.
+
+A ``.pth`` from the internet is a pickle, i.e. a program. Files are read with
+``torch.load(weights_only=True)`` (tensors, containers and primitives only; ``argparse.Namespace``
+is allow-listed because the reference codebases' own ``save_model`` stores ``args``) or with
+safetensors. detectron2's model-zoo ``.pkl`` files (numpy arrays in plain dicts) go through an
+unpickler that builds numpy arrays, dtypes and plain containers only. Anything else is refused
+before a single object of it is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import pickle
+import shutil
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file as load_safetensors
+
+from .registry import BackboneSpec
+
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used as it is; the message names the file and the fix."""
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights live: torch.hub's cache, ``$TORCH_HOME/hub/checkpoints``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def file_digest(path: str | Path, algo: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checksum(path: Path, expected: str) -> str:
+    """Check ``path`` against ``"<algo>:<hex or hex prefix>"``; returns the digest, raises on mismatch."""
+    algo, _, want = expected.partition(":")
+    got = file_digest(path, algo)
+    if not got.startswith(want.lower()):
+        raise CheckpointError(
+            f"checksum mismatch for {path}: {algo} is {got}, expected {want}... "
+            "The file is corrupt, truncated or not the official one: delete it and download it again."
+        )
+    return got
+
+
+def offline_message(spec: BackboneSpec, target: Path, reason: str) -> str:
+    checksum = spec.checksum or "none published"
+    return (
+        f"could not download the weights of {spec.name} ({reason}).\n"
+        f"  URL:       {spec.url}\n"
+        f"  file name: {spec.file}\n"
+        f"  checksum:  {checksum}\n"
+        f"Download it where you have network and put it at\n  {target}\n"
+        f"or pass --weights /path/to/{spec.file}."
+    )
+
+
+def fetch_weights(spec: BackboneSpec, progress: bool = True) -> Path:
+    """The official file of ``spec`` from the cache, downloading it once; checksum verified."""
+    if spec.url is None:
+        raise CheckpointError(f"{spec.name} has no public weights ({spec.provenance}); pass --weights PATH")
+    target = cache_dir() / spec.file
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # Writes to a temp file and renames, so a broken download never looks like a cached file.
+            torch.hub.download_url_to_file(spec.url, str(target), progress=progress)
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise CheckpointError(offline_message(spec, target, f"{type(err).__name__}: {err}")) from err
+    if spec.checksum:
+        try:
+            verify_checksum(target, spec.checksum)
+        except CheckpointError:
+            bad = target.with_name(target.name + ".bad")
+            shutil.move(target, bad)
+            raise CheckpointError(
+                f"checksum mismatch for the download of {spec.name} from {spec.url} "
+                f"(expected {spec.checksum}); moved the file to {bad}. Download it again or pass --weights."
+            ) from None
+    return target
+
+
+def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> tuple[Path, dict[str, Any]]:
+    """The file to load and what is known of its integrity.
+
+    A user-supplied file carrying the official file name claims to be that file and is checked
+    against the published checksum; any other file (a fine-tuned or self-pretrained model) is the
+    user's own and only has its sha256 recorded.
+    """
+    if weights is None:
+        path = fetch_weights(spec)
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"--weights {path}: no such file")
+    if path.suffix not in (".safetensors", ".npz") and file_kind(path) not in ("zip", "pickle"):
+        raise CheckpointError(f"{path}: not a checkpoint: it is {file_kind(path)}")  # before any run folder exists
+    info: dict[str, Any] = {
+        "path": str(path.resolve()),
+        "sha256": file_digest(path),
+        "expected": spec.checksum,
+    }
+    if spec.checksum and path.name == spec.file:
+        verify_checksum(path, spec.checksum)
+        info["verified"] = True
+    elif spec.checksum:
+        info["verified"] = False
+        info["why_unverified"] = f"not the official file name {spec.file}: treated as the user's own weights"
+    else:
+        info["verified"] = False
+        info["why_unverified"] = "the publisher gives no checksum for this file"
+    return path, info
+
+
+# What a numpy-array pickle may name, under numpy 1.x and 2.x module paths; nothing else is built.
+NUMPY_GLOBALS = {
+    (module, name): obj
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    for name, obj in (("_reconstruct", np._core.multiarray._reconstruct), ("scalar", np._core.multiarray.scalar))
+} | {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("collections", "OrderedDict"): dict}
+
+
+def latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
+    """How protocol-2 pickles spell ``bytes`` (``_codecs.encode(text, 'latin1')``), and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+NUMPY_GLOBALS[("_codecs", "encode")] = latin1_bytes
+
+
+class NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, dtypes, numbers, strings and containers; refuses every other global."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in NUMPY_GLOBALS:
+            return NUMPY_GLOBALS[(module, name)]
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def read_numpy_pickle(path: Path) -> Any:
+    """A detectron2 model-zoo ``.pkl`` (``{'model': {name: ndarray}, ...}``), read without running code."""
+    try:
+        with open(path, "rb") as f:
+            return NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(
+            f"{path}: refused. It asks for the global {err}, which a checkpoint of numpy arrays never needs "
+            "(only numpy arrays, dtypes and plain containers are admitted); nothing in it was executed. "
+            "Get the file from its official URL."
+        ) from None
+    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+        why = f"{type(err).__name__}: {err}"
+        raise CheckpointError(f"{path}: not a readable pickle ({why}); download it again") from err
+
+
+# What the first bytes of a file say it is. A checkpoint is a zip (torch >= 1.6), a bare pickle
+# (older torch, detectron2 .pkl) or safetensors (an 8-byte header length, then JSON).
+SIGNATURES = [
+    (b"PK\x03\x04", "zip"),
+    (b"\x80", "pickle"),
+    (b"\x1f\x8b", "a gzip archive (unpack it first)"),
+    (b"\x93NUMPY", "a numpy .npy array, not a checkpoint"),
+    (b"BZh", "a bzip2 archive (unpack it first)"),
+    (b"\xfd7zXZ", "an xz archive (unpack it first)"),
+]
+
+
+def file_kind(path: Path) -> str:
+    """What ``path`` holds, from its first bytes: zip, pickle, safetensors, or a description of what it is."""
+    size = path.stat().st_size
+    if size == 0:
+        return "an empty file (0 bytes): the download did not happen"
+    with open(path, "rb") as f:
+        head = f.read(512)
+    for magic, kind in SIGNATURES:
+        if head.startswith(magic):
+            return kind
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")):
+        return "an HTML page (a saved error or login page, not the file: download it again)"
+    if text.startswith((b"{", b"[")):
+        return "a JSON text file, not a checkpoint"
+    if len(head) >= 8 and 0 < int.from_bytes(head[:8], "little") < size and head[8:9] == b"{":
+        return "safetensors"
+    if all(32 <= b < 127 or b in (9, 10, 13) for b in head):
+        return f"a text file, not a checkpoint (it starts {head[:40].decode(errors='replace')!r})"
+    return f"not a known checkpoint format ({size} bytes starting {head[:8].hex(' ')})"
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The object stored in a checkpoint, read without executing anything.
+
+    ``.safetensors`` -> flat tensor dict; ``.pkl`` -> numpy arrays (detectron2's model zoo);
+    anything else -> ``torch.load(weights_only=True)``.
+    """
+    path = Path(path)
+    if path.suffix == ".pkl":
+        kind = file_kind(path)
+        if kind != "pickle":
+            raise CheckpointError(f"{path}: not a checkpoint: it is {kind}")
+        return read_numpy_pickle(path)
+    if path.suffix == ".npz":
+        raise CheckpointError(
+            f"{path}: JAX .npz checkpoints are not read by this suite; use the timm hub .safetensors file "
+            "of the same model (see `run_bench.py --list-backbones`)"
+        )
+    if path.suffix == ".safetensors":
+        try:
+            return load_safetensors(str(path), device="cpu")
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err}); download it again") from err
+    kind = file_kind(path)
+    if kind not in ("zip", "pickle"):
+        raise CheckpointError(f"{path}: not a checkpoint: it is {kind}")
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(unsafe_pickle_message(path, err)) from None
+    except Exception as err:  # truncated or corrupt: torch raises many types here; say what the file is
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise CheckpointError(
+            f"{path}: a {kind} file that torch cannot read ({type(err).__name__}{': ' + first if first else ''}). "
+            "It is probably truncated or corrupt: download it again."
+        ) from None
+
+
+def unsafe_pickle_message(path: Path, err: Exception) -> str:
+    """Why a pickle was refused, naming what it asks for; torch's own advice (weights_only=False) is not relayed."""
+    try:
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception:  # the scan is best effort: the refusal stands either way
+        found = []
+    asks = f"it asks for {', '.join(found)}" if found else "it holds objects that are not tensors or plain containers"
+    return (
+        f"{path}: refused: {asks}. Building those would run code from the file, so nothing in it was executed. "
+        "Official checkpoints hold only tensors and plain containers: get the file from its official URL, or "
+        "re-save its state_dict with tensors only where you trust it."
+    )

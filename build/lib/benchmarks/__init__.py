@@ -1,0 +1,1 @@
+"""Benchmark tasks: data, models, training engine and evaluators."""

@@ -1,0 +1,46 @@
+"""Learning-rate factor by iteration: linear warmup times a multi-step, cosine or poly decay.
+
+As detectron2's ``WarmupParamScheduler``: the warmup factor rises linearly from
+``warmup_factor`` to 1 over ``warmup_iters`` and multiplies the main schedule. The cosine and poly
+decays start at ``cosine_begin`` / ``poly_begin`` (default 0): MAE's ``lr_sched`` warms up, then runs
+a half-cosine over the remaining iterations (``cosine_begin = warmup_iters``); mmseg's poly starts
+after its warmup. Each param group's
+lr is ``base_lr * group["lr_scale"] * lr_factor(it)`` (the layer-decay scale rides on the group).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+
+from ..config import ConfigError
+
+
+def main_factor(it: int, total: int, s) -> float:
+    if s.name == "multistep":
+        return s.get("gamma", 0.1) ** bisect.bisect_right(list(s.steps), it)
+    if s.name == "cosine":  # half-period cosine to 0
+        begin = s.get("cosine_begin", 0)
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(it - begin, 0), total - begin) / max(total - begin, 1)))
+    if s.name == "poly":
+        begin = s.get("poly_begin", 0)
+        return max(0.0, 1.0 - max(it - begin, 0) / max(total - begin, 1)) ** s.get("power", 1.0)
+    if s.name == "constant":
+        return 1.0
+    raise ConfigError(f"train.schedule.name must be multistep, cosine, poly or constant, got {s.name!r}")
+
+
+def lr_factor(it: int, total: int, s) -> float:
+    """Multiplier of the base lr at iteration ``it`` (0-based) of ``total``."""
+    warmup = s.get("warmup_iters", 0)
+    factor = main_factor(it, total, s)
+    if it < warmup:
+        alpha = it / warmup
+        factor *= s.get("warmup_factor", 0.001) * (1 - alpha) + alpha
+    return factor
+
+
+def set_lr(optimizer, base_lr: float, factor: float) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * group.get("lr_scale", 1.0) * factor
+    return base_lr * factor

@@ -1,0 +1,207 @@
+"""Where a run executes: this process, torchrun on this node, or Slurm through submitit; and sweeps.
+
+A run travels as its command line (``run_argv``): the same argv runs locally, under torchrun or in
+a Slurm job, so what a job did is always one ``run_bench.py`` line a user can read and repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from backbones.registry import CONFIG_DIR
+
+from .config import ConfigError
+
+SWEEP_DIR = CONFIG_DIR / "sweeps"
+SLURM_FOLDER = os.path.join("runs", "slurm", "%j")  # submitit fills in the job id
+# run_bench.py options that describe the run itself (everything else says where and how to launch it)
+RUN_OPTIONS = ("task", "backbone", "config", "preset", "protocol", "weights", "checkpoint", "data_root", "output_dir",
+               "seed",
+               "device", "resume", "eval_only", "dry_run", "visualize")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a sweep: a task and a backbone (the rest of the command line is shared)."""
+
+    task: str
+    backbone: str
+
+
+def run_argv(args: argparse.Namespace, **changes) -> list[str]:
+    """The ``run_bench.py`` arguments of one run: ``args``' run options with ``changes`` applied."""
+    values = {k: getattr(args, k) for k in RUN_OPTIONS} | changes
+    argv = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value not in (None, False):
+            argv += [flag, str(value)]
+    if args.opts:
+        argv += ["--opts", *args.opts]
+    return argv
+
+
+def torchrun_command(argv: list[str], nproc: int) -> list[str]:
+    """One node, ``nproc`` processes: ``python -m torch.distributed.run ... -m benchmarks.cli ARGV``
+    (the module, not a script path: an installed wheel has no run_bench.py beside it)."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            "-m", "benchmarks.cli", *argv]  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+
+
+def load_sweep(name: str) -> dict:
+    """``configs/sweeps/<name>.yaml`` (or a path): ``tasks``, ``backbones`` and optional ``protocol``."""
+    path = Path(name) if name.endswith(".yaml") else SWEEP_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")))
+        raise ConfigError(f"no sweep {name!r} ({path}); sweeps: {known}")
+    sweep = OmegaConf.to_container(OmegaConf.load(path))
+    missing = {"tasks", "backbones"} - set(sweep)
+    if missing:
+        raise ConfigError(f"sweep {path} lacks {sorted(missing)}: it needs lists `tasks:` and `backbones:`")
+    return sweep
+
+
+def sweep_cells(args: argparse.Namespace) -> list[Cell]:
+    """Every task x backbone the command line names (``--task``/``--backbone`` lists, ``--sweep``)."""
+    tasks, backbones = list(args.task or []), list(args.backbone or [])
+    if args.sweep:
+        sweep = load_sweep(args.sweep)
+        tasks += [t for t in sweep["tasks"] if t not in tasks]
+        backbones += [b for b in sweep["backbones"] if b not in backbones]
+        if args.protocol is None:
+            args.protocol = sweep.get("protocol")
+    return [Cell(t, b) for t, b in itertools.product(tasks, backbones)]
+
+
+def cell_output_dir(root: str | None, cell: Cell, protocol: str, stamp: str, sweep: bool) -> str:
+    """``--output-dir`` as given for one run; below it ``<task>/<backbone>`` in a sweep; else the default."""
+    if root and not sweep:
+        return root
+    if root:
+        return str(Path(root) / cell.task / cell.backbone)
+    return f"runs/{cell.task}/{cell.backbone}/{protocol}-{stamp}"
+
+
+def timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+# ---------------------------------------------------------------------------------------------- slurm
+
+
+class BenchJob:
+    """One ``run_bench.py`` run as a submitit job: distributed from Slurm's variables, and requeued
+    (with its checkpoint) when Slurm signals a time limit or a preemption.
+
+    ``checkpoint`` is submitit's hook: it returns the submission to requeue, the same argv. The
+    argv always carries ``--resume``, so a job that Slurm itself requeues (node failure) resumes too.
+    """
+
+    def __init__(self, argv: list[str]):
+        self.argv = argv if "--resume" in argv else [*argv, "--resume"]
+
+    def __call__(self):
+        import submitit
+
+        from benchmarks.engine.preemption import Preempted, StopRequest
+        from benchmarks.runner import run_one
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        stop = StopRequest(getattr(signal, "SIG" + env.USR_SIG))  # takes the signal over from submitit's handler
+        try:
+            return str(run_one(self.argv, stop))
+        except Preempted:
+            stop.forward()  # rank 0: submitit calls checkpoint(), requeues the job and exits
+            return None
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(BenchJob(self.argv))
+
+    def __repr__(self) -> str:
+        return "run_bench.py " + " ".join(self.argv)
+
+
+def slurm_parameters(args: argparse.Namespace) -> dict:
+    """submitit's executor parameters from the CLI's Slurm options (one task per GPU)."""
+    gpus = args.gpus_per_node
+    params = {
+        "name": args.job_name,
+        "timeout_min": args.timeout,
+        "nodes": args.nodes,
+        "gpus_per_node": gpus,
+        "tasks_per_node": max(gpus, 1),
+        "cpus_per_task": args.cpus_per_task,
+        "slurm_signal_delay_s": args.signal_delay,
+        "slurm_array_parallelism": args.array_parallelism,
+    }
+    optional = {"slurm_partition": args.partition, "slurm_account": args.account, "slurm_qos": args.qos,
+                "mem_gb": args.mem, "slurm_constraint": args.constraint}  # fmt: skip
+    params |= {k: v for k, v in optional.items() if v is not None}
+    return params
+
+
+def slurm_executor(args: argparse.Namespace, cluster: str):
+    import submitit
+
+    executor = submitit.AutoExecutor(folder=args.slurm_folder, cluster=cluster,
+                                     slurm_max_num_timeout=args.max_requeues)  # fmt: skip
+    executor.update_parameters(**slurm_parameters(args))
+    return executor
+
+
+# AutoExecutor's parameter names -> SlurmExecutor's (the translation AutoExecutor does on submission)
+SBATCH_NAMES = {"name": "job_name", "timeout_min": "time", "tasks_per_node": "ntasks_per_node"}
+
+
+def sbatch_script(args: argparse.Namespace, jobs: int = 1) -> str:
+    """The sbatch file submitit writes for these options (what ``--print-sbatch`` shows).
+
+    submitit has no public call for this text, so this one function uses its executor's internals
+    (``_executor``, ``_make_submission_file_text``); pyproject pins submitit to the minor version
+    this was tested with, and tests/test_cli.py checks the script. Its Slurm executor refuses to
+    exist where ``srun`` is missing; the script is still worth reading on a laptop, so the preview
+    executor skips that one check (nothing is submitted).
+    """
+    from submitit.slurm.slurm import SlurmExecutor
+
+    class PreviewExecutor(SlurmExecutor):
+        @classmethod
+        def affinity(cls) -> int:
+            return 1
+
+    executor = PreviewExecutor(folder=args.slurm_folder, max_num_timeout=args.max_requeues)
+    params = {SBATCH_NAMES.get(k, k.removeprefix("slurm_")): v for k, v in slurm_parameters(args).items()}
+    if "mem_gb" in params:
+        params["mem"] = f"{params.pop('mem_gb')}GB"
+    executor.update_parameters(**params)
+    if jobs > 1:  # what submitit adds for a job array
+        executor.parameters["map_count"] = jobs
+    return executor._make_submission_file_text(executor._submitit_command_str, "%j")
+
+
+def submit(args: argparse.Namespace, argvs: list[list[str]], cluster: str = "slurm") -> list:
+    """One job per argv; several become one Slurm job array. Returns the submitit jobs."""
+    executor = slurm_executor(args, cluster)
+    if len(argvs) == 1:
+        return [executor.submit(BenchJob(argvs[0]))]
+    with executor.batch():
+        jobs = [executor.submit(BenchJob(argv)) for argv in argvs]
+    return jobs

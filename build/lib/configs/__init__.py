@@ -1,0 +1,1 @@
+"""Protocol configs (YAML), shipped as package data: ``importlib.resources.files("configs")``."""

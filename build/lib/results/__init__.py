@@ -1,0 +1,1 @@
+"""Results collector: run folders -> tables in the papers' layout (arrives with its issue)."""

@@ -1,0 +1,322 @@
+"""Run folders -> comparison tables in the papers' layout, and the accuracy regression check.
+
+    python -m results.collect RUNS_DIR [--format md|csv|latex|html] [--paper] [--out FILE]
+    python -m results.collect RUNS_DIR --check results/baselines/cpu.json [--tolerance 0.5]
+    python -m results.collect RUNS_DIR --update-baseline results/baselines/cpu.json
+    python -m results.collect RUNS_DIR --plot figures/
+
+Every ``metrics.json`` below RUNS_DIR becomes one row. Runs are averaged (mean ± std (n)) only
+when they differ in nothing but the seed: same task, backbone, protocol, preset, dataset, split and
+config values (``config_digest`` in metrics.json). Anything else is its own row, labelled by what
+differs (``[dataset coco_sample, 2 it]``); a baseline cell never mixes two experiments. Folders
+that look like runs but have no readable ``metrics.json`` are listed under "skipped" with the
+reason; the tables are produced from the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+PAPER_CSV = Path(__file__).resolve().parent / "paper_results.csv"
+KNOWN_TASKS = ("coco_det", "ade20k_seg")
+PRETRAIN_TASKS = ("mae_pretrain", "sup_pretrain")  # their runs feed --weights; listed, not tabled
+ARCH_SHORT = {"vit_tiny": "vit_t", "vit_small": "vit_s", "vit_base": "vit_b", "vit_large": "vit_l", "vit_huge": "vit_h"}
+ROW_ORDER = ["random", "supervised_in1k", "supervised_in21k", "supervised_synthetic", "mocov3", "beit", "beit_in22k",
+             "mae"]  # fmt: skip
+# The papers' tables: (title, task, our protocol, the csv's protocol, metrics).
+PAPER_TABLES = [
+    ("MAE Table 4: COCO Mask R-CNN (Li et al.)", "coco_det", "mae_paper", ["mae_paper"], ["box_AP", "mask_AP"]),
+    ("MAE Table 5: ADE20K UperNet", "ade20k_seg", "upernet", ["upernet_beit"], ["mIoU"]),
+    ("ViTDet: COCO Mask R-CNN", "coco_det", "vitdet", ["vitdet"], ["box_AP", "mask_AP"]),
+    ("ViTDet Table 4: COCO Mask R-CNN, no relative position", "coco_det", "vitdet_norelpos", ["vitdet_norelpos"],
+     ["box_AP", "mask_AP"]),
+]
+RUN_MARKERS = ("config.yaml", "load_report.json", "last_checkpoint.pth")
+HEADLINE = ("box_AP", "mask_AP", "mIoU", "mIoU_ms_flip")  # what the baseline guards
+
+
+def read_runs(runs_dir: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+    """One row per finished run (metadata + flattened metrics) and the (folder, reason) of skipped ones."""
+    rows, skipped = [], []
+    folders = {p.parent for marker in RUN_MARKERS for p in runs_dir.rglob(marker)}
+    folders |= {p.parent for p in runs_dir.rglob("metrics.json")}
+    for folder in sorted(folders):
+        path = folder / "metrics.json"
+        if not path.exists():
+            skipped.append((str(folder), "no metrics.json (still running, or crashed)"))
+            continue
+        try:
+            record = json.loads(path.read_text())
+            metrics = record["metrics"]
+            task = record["task"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            skipped.append((str(folder), f"unreadable metrics.json ({type(err).__name__}: {err})"))
+            continue
+        if task in PRETRAIN_TASKS:
+            skipped.append((str(folder), f"pretraining run ({task}: {metric_text(metrics)}), no transfer metric"))
+            continue
+        if task not in KNOWN_TASKS:
+            skipped.append((str(folder), f"unknown task {task!r}"))
+            continue
+        if record.get("evaluation_of"):
+            skipped.append((str(folder), f"re-evaluation of {record['evaluation_of']} ({metric_text(metrics)})"))
+            continue
+        meta = {k: record.get(k) for k in ("task", "backbone", "arch", "pretrain", "provenance", "protocol",
+                                           "preset", "seed", "iterations", "wall_seconds", "dataset", "split",
+                                           "config_digest", "config")}  # fmt: skip
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+        checkpoint = record.get("checkpoint") or {}
+        if checkpoint.get("released"):  # a released model evaluated here: its own table, not a protocol cell
+            meta |= {"released": checkpoint["released"], "published": checkpoint.get("published", {}),
+                     "source": checkpoint.get("source", ""), "protocol": "released"}  # fmt: skip
+        rows.append({**meta, **numbers, "run": str(folder)})
+    return label_variants(pd.DataFrame(rows)), skipped
+
+
+def metric_text(metrics: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in metrics.items() if isinstance(v, int | float))
+
+
+CELL = ["task", "protocol", "preset", "backbone"]  # what a table cell names
+# What else makes two runs different experiments (the seed aside); old records lack the digest.
+EXPERIMENT = ["dataset", "split", "config_digest", "config", "iterations"]
+
+
+def label_variants(df: pd.DataFrame) -> pd.DataFrame:
+    """Column ``variant``: empty where a cell holds one experiment, else what tells its experiments apart."""
+    if df.empty:
+        return df
+    for col in EXPERIMENT:
+        if col not in df:
+            df[col] = None
+    df["experiment"] = ["|".join(map(str, values)) for values in df[EXPERIMENT].itertuples(index=False)]
+    df["variant"] = ""
+    for _, cell in df.groupby(CELL, dropna=False):
+        if cell.experiment.nunique() < 2:
+            continue
+        differ = [c for c in EXPERIMENT if len({str(v) for v in cell[c]}) > 1]
+        for index, run in cell.iterrows():
+            df.loc[index, "variant"] = ", ".join(describe(c, run[c]) for c in differ if c != "config")
+    return df
+
+
+def describe(column: str, value) -> str:
+    if column == "dataset":
+        return f"dataset {Path(str(value)).name}"
+    if column == "iterations":
+        return f"{value} it"
+    if column == "config_digest":
+        return f"config {value}"
+    return f"{column} {value}"
+
+
+def summarize(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Mean, std and count per experiment (task, protocol, preset, backbone, variant) for ``metrics``."""
+    keys = ["task", "protocol", "preset", "backbone", "variant", "arch", "pretrain"]
+    present = [m for m in metrics if m in df]
+    grouped = df.groupby(keys, dropna=False)[present]
+    out = grouped.mean().round(2)
+    std = grouped.std(ddof=0).round(2)
+    count = grouped.size()
+    for m in present:
+        out[m] = [cell(mu, sd, n) for mu, sd, n in zip(out[m], std[m], count, strict=True)]
+    return out.reset_index()
+
+
+def cell(mean, std, n) -> str:
+    if pd.isna(mean):
+        return "–"
+    return f"{mean:.1f}" if n == 1 else f"{mean:.1f} ± {std:.1f} (n={n})"
+
+
+def paper_numbers() -> pd.DataFrame:
+    return pd.read_csv(PAPER_CSV)
+
+
+def paper_table(df: pd.DataFrame, paper: pd.DataFrame, task, protocol, paper_protocols, metrics, with_paper: bool):
+    """Rows: pretraining; columns: metric × ViT-B / ViT-L (ours, and with ``with_paper`` paper and Δ)."""
+    runs = df[(df.task == task) & (df.protocol == protocol) & df.arch.isin(["vit_base", "vit_large"])]
+    ref = paper[(paper.task == task) & paper.protocol.isin(paper_protocols)]
+    pretrains = [p for p in ROW_ORDER if p in set(runs.pretrain) | set(ref.pretrain)]
+    table = {}
+    for pre, variant in [(p, v) for p in pretrains for v in sorted(set(runs[runs.pretrain == p].variant)) or [""]]:
+        row = {}
+        mine = runs[(runs.pretrain == pre) & (runs.variant == variant)] if len(runs) else runs
+        stand_in = mine[mine.provenance.fillna("").str.startswith("stand-in")]
+        for metric in metrics:
+            for arch in ("vit_base", "vit_large"):
+                short = ARCH_SHORT[arch]
+                sel = mine[mine.arch == arch]
+                values = sel[metric].dropna() if metric in sel else pd.Series(dtype=float)
+                ours = values.mean() if len(values) else float("nan")
+                row[(metric, short, "ours")] = cell(ours, values.std(ddof=0), len(values))
+                if with_paper:
+                    match = ref[(ref.pretrain == pre) & (ref.backbone == short) & (ref.metric == metric)]
+                    value = float(match.value.iloc[0]) if len(match) else float("nan")
+                    source = match.source.iloc[0] if len(match) else ""
+                    row[(metric, short, "paper")] = f"{value:.1f} [{source}]" if len(match) else "–"
+                    row[(metric, short, "Δ")] = f"{ours - value:+.1f}" if len(values) and len(match) else "–"
+        table[pre + (f" [{variant}]" if variant else "") + (" †" if len(stand_in) else "")] = row
+    out = pd.DataFrame.from_dict(table, orient="index")
+    if len(out.columns):
+        out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
+
+
+def released_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Released fine-tuned models evaluated here, beside the numbers their authors published."""
+    table = {}
+    for _, run in df.iterrows():
+        row = {}
+        for metric in ("box_AP", "mask_AP", "mIoU", "mIoU_ms_flip"):
+            published = run.published.get(metric)
+            if published is None:
+                continue
+            ours = run.get(metric)
+            row[(metric, "here")] = f"{ours:.1f}" if pd.notna(ours) else "–"
+            row[(metric, "published")] = f"{published:.1f}"
+            row[(metric, "Δ")] = f"{ours - published:+.1f}" if pd.notna(ours) else "–"
+        row[("", "source")] = run.source
+        table[f"{run.released} ({run.task})"] = row
+    out = pd.DataFrame.from_dict(table, orient="index")
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
+
+
+def cpu_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The CPU miniature: rows pretraining; columns APbox / APmask (coco_det) and mIoU (ade20k_seg) x arch."""
+    columns = [("coco_det", "box_AP", "APbox"), ("coco_det", "mask_AP", "APmask"), ("ade20k_seg", "mIoU", "mIoU")]
+    archs = [a for a in ARCH_SHORT if a in set(df.arch)]
+    table = {}
+    pretrains = [p for p in ROW_ORDER if p in set(df.pretrain)] + sorted(set(df.pretrain) - set(ROW_ORDER))
+    for pre, variant in [(p, v) for p in pretrains for v in sorted(set(df[df.pretrain == p].variant))]:
+        row = {}
+        for task, metric, label in columns:
+            for arch in archs:
+                sel = df[(df.pretrain == pre) & (df.variant == variant) & (df.task == task) & (df.arch == arch)]
+                values = sel[metric].dropna() if metric in sel else pd.Series(dtype=float)
+                mean = values.mean() if len(values) else float("nan")
+                row[f"{label} {ARCH_SHORT[arch]}"] = cell(mean, values.std(ddof=0), len(values))
+        table[pre + (f" [{variant}]" if variant else "")] = row
+    return pd.DataFrame.from_dict(table, orient="index")
+
+
+def render(df: pd.DataFrame, fmt: str) -> str:
+    if fmt == "md":
+        flat = df.copy()
+        if isinstance(flat.columns, pd.MultiIndex):
+            flat.columns = [" ".join(c) for c in flat.columns]
+        return flat.to_markdown(disable_numparse=True)  # cells are formatted strings: keep "+0.0"
+    if fmt == "csv":
+        return df.to_csv()
+    if fmt == "latex":
+        return df.style.to_latex(hrules=True)
+    if fmt == "html":
+        return df.to_html()
+    raise ValueError(f"unknown format {fmt}")
+
+
+def report(df: pd.DataFrame, skipped, fmt: str, with_paper: bool) -> str:
+    parts = []
+    if len(df):
+        metric_cols = [c for c in ("box_AP", "mask_AP", "mIoU", "mIoU_ms_flip", "mAcc", "aAcc") if c in df]
+        parts += ["## All runs (mean ± std over seeds)", render(summarize(df, metric_cols).set_index("backbone"), fmt)]
+        paper = paper_numbers()
+        for title, task, protocol, paper_protocols, metrics in PAPER_TABLES:
+            table = paper_table(df, paper, task, protocol, paper_protocols, metrics, with_paper)
+            if len(df[(df.task == task) & (df.protocol == protocol) & df.arch.isin(["vit_base", "vit_large"])]):
+                parts += [f"## {title}", render(table, fmt), "† stand-in weights (see `run_bench.py --list-backbones`)"]
+        released = df[df.protocol == "released"] if "released" in df else df.iloc[:0]
+        if len(released):
+            parts += ["## Released weights, evaluated here", render(released_table(released), fmt)]
+        cpu = df[(df.preset == "cpu") & (df.protocol != "released")]
+        if len(cpu):
+            title = "## CPU presets in the layout of MAE Tables 4 / 5 (rows: pretraining)"
+            parts += [title, render(cpu_table(cpu), fmt)]
+    else:
+        parts.append("no finished runs")
+    if skipped:
+        parts.append("## Skipped")
+        parts += [f"- {folder}: {why}" for folder, why in skipped]
+    return "\n\n".join(parts) + "\n"
+
+
+def cell_key(row) -> str:
+    """task/backbone/preset/protocol, and the variant where a folder holds several experiments of one cell."""
+    key = f"{row['task']}/{row['backbone']}/{row['preset']}/{row['protocol']}"
+    return key + (f" [{row['variant']}]" if row.get("variant") else "")
+
+
+def measured(df: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """Mean metric per experiment (the baseline's cells): runs that differ only in the seed."""
+    out: dict[str, dict[str, float]] = {}
+    for key, group in df.groupby(df.apply(cell_key, axis=1)):
+        values = group[[m for m in HEADLINE if m in group]].mean()
+        out[key] = {k: round(float(v), 2) for k, v in values.items() if pd.notna(v)}
+    return out
+
+
+def check(df: pd.DataFrame, baseline_path: Path, tolerance: float) -> list[str]:
+    """Every baseline cell whose metric dropped by more than ``tolerance`` (or is missing)."""
+    baseline = json.loads(baseline_path.read_text())
+    now = measured(df) if len(df) else {}
+    failures = []
+    for key, expected in baseline.items():
+        for metric, value in expected.items():
+            got = now.get(key, {}).get(metric)
+            if got is None:
+                failures.append(f"{key} {metric}: missing (expected {value:.2f})")
+            elif got < value - tolerance:
+                failures.append(f"{key} {metric}: {got:.2f} < baseline {value:.2f} - {tolerance}")
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Collect run folders into the papers' tables.")
+    p.add_argument("runs_dir", type=Path)
+    p.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"])
+    p.add_argument("--paper", action="store_true", help="add the papers' numbers and the delta beside each cell")
+    p.add_argument("--out", type=Path, help="write the tables to this file instead of stdout")
+    p.add_argument("--check", type=Path, metavar="BASELINE", help="fail when a metric dropped below the baseline")
+    p.add_argument("--tolerance", type=float, default=0.5, help="allowed drop, in metric points")
+    p.add_argument("--update-baseline", type=Path, metavar="BASELINE", help="write the measured metrics as baseline")
+    p.add_argument("--plot", type=Path, metavar="DIR", help="write figures: ours vs paper per cell, training curves")
+    args = p.parse_args(argv)
+    if not args.runs_dir.is_dir():
+        print(f"error: {args.runs_dir} is not a folder: name the folder that holds the run folders", file=sys.stderr)
+        return 2
+    if args.check and not args.check.is_file():
+        print(f"error: no baseline {args.check}: record one with --update-baseline {args.check}", file=sys.stderr)
+        return 2
+    df, skipped = read_runs(args.runs_dir)
+    text = report(df, skipped, args.format, args.paper)
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
+    if args.plot and len(df):
+        from .plots import plot_training_curves, plot_vs_paper
+
+        args.plot.mkdir(parents=True, exist_ok=True)
+        figures = plot_vs_paper(df, paper_numbers(), args.plot) + plot_training_curves(df, args.plot)
+        print(f"wrote {len(figures)} figures to {args.plot}", file=sys.stderr)
+    if args.update_baseline:
+        args.update_baseline.parent.mkdir(parents=True, exist_ok=True)
+        args.update_baseline.write_text(json.dumps(measured(df), indent=1, sort_keys=True) + "\n")
+        print(f"wrote baseline {args.update_baseline}", file=sys.stderr)
+    if args.check:
+        failures = check(df, args.check, args.tolerance)
+        if failures:
+            print("accuracy regression:\n  " + "\n  ".join(failures), file=sys.stderr)
+            return 1
+        print(f"accuracy check passed against {args.check} (tolerance {args.tolerance})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
