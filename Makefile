@@ -36,6 +36,7 @@ WHL := .whl
 wheel-check: $(STAMP)
 	rm -rf $(WHL) && mkdir -p $(WHL)
 	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w $(WHL) .
+	rm -rf build  # setuptools' staging folder
 	$(PYTHON) -m venv $(WHL)/venv
 	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$$($(WHL)/venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/deps.pth"
 	$(WHL)/venv/bin/python -m pip install -q --no-deps --no-index $(WHL)/*.whl

@@ -1,1 +1,0 @@
-"""Benchmark tasks: data, models, training engine and evaluators."""

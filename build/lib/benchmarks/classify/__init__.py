@@ -1,1 +1,0 @@
-"""Supervised classification pretraining of a ViT (the "supervised" row of the CPU miniature)."""

@@ -1,1 +1,0 @@
-"""Protocol configs (YAML), shipped as package data: ``importlib.resources.files("configs")``."""

@@ -1,1 +1,0 @@
-"""Results collector: run folders -> tables in the papers' layout (arrives with its issue)."""
