@@ -32,7 +32,7 @@ from backbones.checkpoint_io import resolve_weights
 
 from .checkpoints import load_model_checkpoint
 from .config import ConfigError, apply_overrides, default_config_path, load_config, preset_config_path
-from .engine.distributed import DistInfo, init_distributed
+from .engine.distributed import DistInfo, all_gather_objects, init_distributed
 from .engine.preemption import StopRequest
 from .engine.progress import TqdmHandler
 from .engine.trainer import (
@@ -281,7 +281,8 @@ def make_plan(args, info: DistInfo) -> Plan:
         check_resumed_config(cfg, run_dir)
     action = side_action(args)
     has_records = any((run_dir / name).exists() for name in RECORDS)
-    out = run_dir / f"{action}-{timestamp()}" if action and has_records else run_dir
+    stamp = all_gather_objects(timestamp(), info)[0]  # rank 0's: every process writes into one folder
+    out = run_dir / f"{action}-{stamp}" if action and has_records else run_dir
     return Plan(task, spec, cfg, config_path, run_dir, out, root, weights, resume_from)
 
 
