@@ -271,6 +271,8 @@ def make_plan(args, info: DistInfo) -> Plan:
                 f"--eval-only: no {run_dir / CHECKPOINT}; train first, point --output-dir at a finished run, "
                 "or evaluate a whole model with --checkpoint FILE|NAME"
             )
+    if spec.converter is None and args.weights:
+        raise CheckpointError(f"{spec.name} is a random-init baseline and takes no --weights")
     weights = None
     if resume_from is None and not args.checkpoint and spec.converter is not None:
         if not (args.visualize and args.weights):  # --visualize --weights: a full MAE file, read by the task
