@@ -25,7 +25,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 ROWS = ("random", "supervised", "mae")
 FINETUNE_TASKS = ("coco_det", "ade20k_seg")
 
@@ -56,7 +55,7 @@ class Step:
 
     def command(self) -> list[str]:
         resume = ["--resume"] if (self.folder / "last_checkpoint.pth").exists() else []
-        return [sys.executable, str(ROOT / "run_bench.py"), "--output-dir", str(self.folder), *resume, *self.argv]
+        return [sys.executable, "-m", "benchmarks.cli", "--output-dir", str(self.folder), *resume, *self.argv]
 
 
 def steps(out: Path, rows=ROWS, pretrain_opts: list[str] = (), seed: int = 0) -> list[Step]:
