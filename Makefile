@@ -42,7 +42,7 @@ wheel-check: $(STAMP)
 	$(WHL)/venv/bin/python -m pip install -q --no-deps --no-index $(WHL)/*.whl
 	cd $$(mktemp -d) && $(CURDIR)/$(WHL)/venv/bin/python -c "import benchmarks, configs; assert all('/site-packages/' in m.__file__ for m in (benchmarks, configs)), configs.__file__" \
 	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --list-backbones > backbones.txt && grep -q mae_vit_b backbones.txt \
-	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --list-configs | grep -q upernet_vit_b \
+	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --list-configs > configs.txt && grep -q upernet_vit_b configs.txt \
 	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --task coco_det --backbone random_vit_tiny --preset cpu --dry-run --output-dir dry \
 	  && test -f dry/load_report.json && test ! -e runs && echo "wheel check passed in $$PWD"
 

@@ -349,7 +349,7 @@ def execute(args, plan: Plan, info: DistInfo, started: datetime.datetime, stop: 
         report.task, report.config, report.encoder = task.name, str(plan.config_path), encoder_kwargs(spec, protocol)
         if info.is_main and not (out / "load_report.json").exists():
             report.to_json(out / "load_report.json")
-        log.info("load report:\n%s", report.summary())
+        log.info("load report:\n%s", report.summary(), extra={"file_only": args.dry_run})  # dry run: printed
     if args.dry_run:
         if info.is_main:
             print(report.summary() if report is not None else "the model comes from the run's checkpoint")
