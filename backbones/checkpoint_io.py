@@ -108,8 +108,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> tuple[Pat
         path = Path(weights).expanduser()
         if not path.is_file():
             raise CheckpointError(f"--weights {path}: no such file")
-    if path.suffix not in (".safetensors", ".npz") and file_kind(path) not in ("zip", "pickle"):
-        raise CheckpointError(f"{path}: not a checkpoint: it is {file_kind(path)}")  # before any run folder exists
+    if path.suffix not in (".safetensors", ".npz"):
+        checkpoint_kind(path)  # before any run folder exists
     info: dict[str, Any] = {
         "path": str(path.resolve()),
         "sha256": file_digest(path),
@@ -204,6 +204,14 @@ def file_kind(path: Path) -> str:
     return f"not a known checkpoint format ({size} bytes starting {head[:8].hex(' ')})"
 
 
+def checkpoint_kind(path: Path, allowed: tuple[str, ...] = ("zip", "pickle")) -> str:
+    """``file_kind(path)`` when it is one of ``allowed``; else an error saying what the file is."""
+    kind = file_kind(path)
+    if kind not in allowed:
+        raise CheckpointError(f"{path}: not a checkpoint: it is {kind}")
+    return kind
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The object stored in a checkpoint, read without executing anything.
 
@@ -212,9 +220,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if path.suffix == ".pkl":
-        kind = file_kind(path)
-        if kind != "pickle":
-            raise CheckpointError(f"{path}: not a checkpoint: it is {kind}")
+        checkpoint_kind(path, ("pickle",))
         return read_numpy_pickle(path)
     if path.suffix == ".npz":
         raise CheckpointError(
@@ -226,9 +232,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             return load_safetensors(str(path), device="cpu")
         except (SafetensorError, OSError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err}); download it again") from err
-    kind = file_kind(path)
-    if kind not in ("zip", "pickle"):
-        raise CheckpointError(f"{path}: not a checkpoint: it is {kind}")
+    kind = checkpoint_kind(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -73,6 +73,18 @@ def apply_overrides(cfg: DictConfig, opts: list[str]) -> DictConfig:
 _MISSING = object()
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """Nested dicts -> dotted keys: {"backbone": {"depth": 4}} -> {"backbone.depth": 4}."""
+    out = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flatten(value, name + ".")
+        else:
+            out[name] = value
+    return out
+
+
 def unknown_key_message(cfg: DictConfig, key: str) -> str:
     """Where the path first leaves the config, the keys that exist there and the closest one."""
     import difflib

@@ -70,18 +70,6 @@ def read_fixture(folder: Path) -> tuple[dict, np.ndarray, dict[str, np.ndarray]]
     return meta, np.load(folder / "input_image.npy"), outputs
 
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    """meta.json's nested changes -> dotted keys: {"backbone.net": {"depth": 4}} -> {"backbone.net.depth": 4}."""
-    out = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out |= flatten(value, name + ".")
-        else:
-            out[name] = value
-    return out
-
-
 def checkpoint_file(folder: Path, meta: dict) -> Path:
     """The fixture's checkpoint (named in meta.json's sha256, else the one .pkl/.pth), its sha256 checked."""
     names = list(meta.get("sha256", {})) or [p.name for p in folder.iterdir() if p.suffix in (".pkl", ".pth")]

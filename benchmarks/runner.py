@@ -31,7 +31,7 @@ from backbones import BackboneSpec, CheckpointError, build_encoder, encoder_kwar
 from backbones.checkpoint_io import resolve_weights
 
 from .checkpoints import load_model_checkpoint
-from .config import ConfigError, apply_overrides, default_config_path, load_config, preset_config_path
+from .config import ConfigError, apply_overrides, default_config_path, flatten, load_config, preset_config_path
 from .engine.distributed import DistInfo, all_gather_objects, init_distributed
 from .engine.preemption import StopRequest
 from .engine.progress import TqdmHandler
@@ -236,7 +236,7 @@ def check_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return
-    old, new = flat(OmegaConf.to_container(OmegaConf.load(saved))), flat(OmegaConf.to_container(cfg))
+    old, new = flatten(OmegaConf.to_container(OmegaConf.load(saved))), flatten(OmegaConf.to_container(cfg))
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if changed:
         diff = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:5])
@@ -244,12 +244,6 @@ def check_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
             f"--resume: this command's config differs from {saved} ({diff}): resume with the command line "
             "that started the run, or start a new --output-dir"
         )
-
-
-def flat(tree, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: tree}
 
 
 def make_plan(args, info: DistInfo) -> Plan:
@@ -323,15 +317,15 @@ def execute(args, plan: Plan, info: DistInfo, started: datetime.datetime, stop: 
             model, encoder) -> Path:  # fmt: skip
     """The run itself, logging into ``plan.out``: weights, training, evaluation, metrics.json."""
     task, spec, cfg, out, protocol = plan.task, plan.spec, plan.cfg, plan.out, plan.protocol
-    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    command, env = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), environment(info)
     log.info("command: %s", command)
-    log.info("run folder: %s; environment: %s", out, json.dumps(environment(info)))
+    log.info("run folder: %s; environment: %s", out, json.dumps(env))
     if info.is_main:
         if not (out / RUN_RECORD).exists():
             identity = {"task": task.name, "backbone": spec.name, "preset": args.preset,
                         "protocol": cfg.get("protocol"), "config": str(plan.config_path), "command": command,
                         "git_commit": git_commit(), "started": started.isoformat(timespec="seconds"),
-                        "environment": environment(info)}  # fmt: skip
+                        "environment": env}  # fmt: skip
             if out != plan.run_dir:
                 identity["of_run"] = str(plan.run_dir)
             write_json(out / RUN_RECORD, identity)
@@ -396,9 +390,8 @@ class PeriodicEval:
     def __call__(self, model, iteration: int) -> dict | None:
         folder = self.run_dir / f"eval_iter{iteration}"
         folder.mkdir(exist_ok=True)
-        metrics = self.task.evaluate(self.cfg, model, self.root, folder, self.info,
-                                     amp_dtype(self.cfg.train, self.info.device))  # fmt: skip
-        return metrics
+        return self.task.evaluate(self.cfg, model, self.root, folder, self.info,
+                                  amp_dtype(self.cfg.train, self.info.device))  # fmt: skip
 
 
 def metrics_record(args, plan: Plan, info: DistInfo, iterations, metrics, checkpoint, started) -> dict:
@@ -424,6 +417,6 @@ def config_digest(cfg: DictConfig) -> str:
     """A short hash of the config with the seed left out: runs with equal digests differ only in the seed."""
     import hashlib
 
-    values = flat(OmegaConf.to_container(cfg, resolve=True))
+    values = flatten(OmegaConf.to_container(cfg, resolve=True))
     values.pop("train.seed", None)
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:12]

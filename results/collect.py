@@ -105,6 +105,11 @@ def label_variants(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def labelled(name: str, variant: str) -> str:
+    """A row or cell name, with the variant that sets its experiment apart (if any)."""
+    return name + (f" [{variant}]" if variant else "")
+
+
 def describe(column: str, value) -> str:
     if column == "dataset":
         return f"dataset {Path(str(value)).name}"
@@ -161,7 +166,7 @@ def paper_table(df: pd.DataFrame, paper: pd.DataFrame, task, protocol, paper_pro
                     source = match.source.iloc[0] if len(match) else ""
                     row[(metric, short, "paper")] = f"{value:.1f} [{source}]" if len(match) else "–"
                     row[(metric, short, "Δ")] = f"{ours - value:+.1f}" if len(values) and len(match) else "–"
-        table[pre + (f" [{variant}]" if variant else "") + (" †" if len(stand_in) else "")] = row
+        table[labelled(pre, variant) + (" †" if len(stand_in) else "")] = row
     out = pd.DataFrame.from_dict(table, orient="index")
     if len(out.columns):
         out.columns = pd.MultiIndex.from_tuples(out.columns)
@@ -202,7 +207,7 @@ def cpu_table(df: pd.DataFrame) -> pd.DataFrame:
                 values = sel[metric].dropna() if metric in sel else pd.Series(dtype=float)
                 mean = values.mean() if len(values) else float("nan")
                 row[f"{label} {ARCH_SHORT[arch]}"] = cell(mean, values.std(ddof=0), len(values))
-        table[pre + (f" [{variant}]" if variant else "")] = row
+        table[labelled(pre, variant)] = row
     return pd.DataFrame.from_dict(table, orient="index")
 
 
@@ -248,8 +253,7 @@ def report(df: pd.DataFrame, skipped, fmt: str, with_paper: bool) -> str:
 
 def cell_key(row) -> str:
     """task/backbone/preset/protocol, and the variant where a folder holds several experiments of one cell."""
-    key = f"{row['task']}/{row['backbone']}/{row['preset']}/{row['protocol']}"
-    return key + (f" [{row['variant']}]" if row.get("variant") else "")
+    return labelled(f"{row['task']}/{row['backbone']}/{row['preset']}/{row['protocol']}", row.get("variant"))
 
 
 def measured(df: pd.DataFrame) -> dict[str, dict[str, float]]:

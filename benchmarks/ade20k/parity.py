@@ -21,8 +21,8 @@ from backbones.checkpoint_io import read_checkpoint
 from backbones.registry import architectures
 from backbones.vit import VisionTransformer
 
-from ..config import CONFIG_DIR, apply_overrides, load_config
-from ..parity import FixtureError, Stage, checkpoint_file, data_folders, dense, find_source_image, flatten
+from ..config import CONFIG_DIR, apply_overrides, flatten, load_config
+from ..parity import FixtureError, Stage, checkpoint_file, data_folders, dense, find_source_image
 from .data import read_rgb, resize, test_size
 from .evaluate import slide_logits
 from .model import build_upernet

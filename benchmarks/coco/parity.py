@@ -24,8 +24,8 @@ from backbones.checkpoint_io import read_checkpoint
 from backbones.registry import architectures
 from backbones.vit import VisionTransformer
 
-from ..config import CONFIG_DIR, apply_overrides, load_config
-from ..parity import FixtureError, Stage, checkpoint_file, data_folders, dense, find_source_image, flatten
+from ..config import CONFIG_DIR, apply_overrides, flatten, load_config
+from ..parity import FixtureError, Stage, checkpoint_file, data_folders, dense, find_source_image
 from .detectron2_ops import detector_postprocess, paste_masks_grid_sample
 from .model import LEVELS, build_mask_rcnn
 from .task import CocoDetection

@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from backbones import CheckpointError, layer_decay_param_groups
 
-from ..config import ConfigError
+from ..config import ConfigError, flatten
 from .data import train_loader
 from .distributed import DistInfo, all_gather_objects, any_rank, barrier
 from .preemption import Preempted, StopRequest
@@ -179,25 +179,14 @@ class JsonlLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
-            for k, v in flat_numbers(record).items():
-                if k != "iter":
+            for k, v in flatten(record).items():
+                if k != "iter" and isinstance(v, float | int) and not isinstance(v, bool):
                     self.tb.add_scalar(k.replace(".", "/"), v, record["iter"])
             self.tb.flush()
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
-
-
-def flat_numbers(record: dict, prefix: str = "") -> dict[str, float]:
-    """Numbers of a (nested) record as ``a.b`` keys: TensorBoard's scalars."""
-    out = {}
-    for k, v in record.items():
-        if isinstance(v, dict):
-            out |= flat_numbers(v, f"{prefix}{k}.")
-        elif isinstance(v, float | int) and not isinstance(v, bool):
-            out[prefix + k] = v
-    return out
 
 
 def train(cfg, model: nn.Module, encoder, dataset, run_dir: Path, info: DistInfo, resume_from: Path | None = None,
