@@ -18,6 +18,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 # Accuracy regression (CI, after the tests): the CPU presets (the miniature's random row: two 1-thread
@@ -26,7 +27,7 @@ test: $(STAMP)
 # move a 400-iteration run by ~2 points; a real regression (lr off by 100x) costs tens of points.
 regression: $(STAMP)
 	rm -rf runs/ci
-	$(PY) -m benchmarks.miniature --rows random --jobs 2 --threads 1 --out runs/ci
+	$(PY) -m benchmarks.tools.miniature --rows random --jobs 2 --threads 1 --out runs/ci
 	$(PY) -m results.collect runs/ci --check results/baselines/cpu.json --tolerance 3
 
 # The package as a user installs it (pip install ., no source tree): build the wheel, install it into
@@ -42,7 +43,7 @@ wheel-check: $(STAMP)
 	$(WHL)/venv/bin/python -m pip install -q --no-deps --no-index $(WHL)/*.whl
 	cd $$(mktemp -d) && $(CURDIR)/$(WHL)/venv/bin/python -c "import benchmarks, configs; assert all('/site-packages/' in m.__file__ for m in (benchmarks, configs)), configs.__file__" \
 	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --list-backbones > backbones.txt && grep -q mae_vit_b backbones.txt \
-	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --list-configs > configs.txt && grep -q upernet_vit_b configs.txt \
+	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --list-configs > configs.txt && grep -q upernet_vit_b configs.txt && grep -q "^table  *mae_table4" configs.txt \
 	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --task coco_det --backbone random_vit_tiny --preset cpu --dry-run --output-dir dry \
 	  && test -f dry/load_report.json && test ! -e runs && echo "wheel check passed in $$PWD"
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from .checkpoint_io import CheckpointError, read_checkpoint, resolve_weights
 from .converters import CONVERTERS, Converted
-from .registry import BackboneSpec
+from .registry import BackboneSpec, architectures, zoo
 from .vit import VisionTransformer
 
 # Encoder tensors a fine-tuning protocol adds on top of a pretrained ViT (zero- or constant-init).
@@ -172,8 +172,6 @@ def check_architecture(encoder: VisionTransformer, converted: Converted, backbon
     want = (encoder.embed_dim, encoder.depth)
     if found is None or found[:2] == want:
         return
-    from .registry import architectures, zoo
-
     width, depth, patch = found
     names = [n for n, a in architectures().items() if (a["embed_dim"], a["depth"]) == (width, depth)]
     fits = [s.name for s in zoo().values() if s.arch in names]
@@ -219,10 +217,13 @@ def apply_converted(encoder: VisionTransformer, converted: Converted, report: Lo
     not_allowed = [k for k in missing if not k.endswith(PROTOCOL_ADDED) and k not in misfit]
     raise_on_gaps(
         f"checkpoint does not fit backbone {report.backbone} (converter {report.converter})",
-        {"encoder weights missing from the checkpoint": not_allowed, "shapes that do not fit": mismatched,
-         "checkpoint encoder weights the model has no place for": unexpected},
+        {
+            "encoder weights missing from the checkpoint": not_allowed,
+            "shapes that do not fit": mismatched,
+            "checkpoint encoder weights the model has no place for": unexpected,
+        },
         "Is it the right file for this backbone name, and the right --backbone for this file?",
-    )  # fmt: skip
+    )
     with torch.no_grad():
         for key, value in ready.items():
             target[key].copy_(value)
@@ -232,8 +233,12 @@ def apply_converted(encoder: VisionTransformer, converted: Converted, report: Lo
     report.notes += converted.notes
 
 
-def load_pretrained(encoder: VisionTransformer, spec: BackboneSpec, weights: str | Path | None = None,
-                    resolved: tuple[Path, dict[str, Any]] | None = None) -> LoadReport:  # fmt: skip
+def load_pretrained(
+    encoder: VisionTransformer,
+    spec: BackboneSpec,
+    weights: str | Path | None = None,
+    resolved: tuple[Path, dict[str, Any]] | None = None,
+) -> LoadReport:
     """Load ``spec``'s weights (``weights`` path, else the verified cached download) into ``encoder``.
 
     ``resolved``: ``resolve_weights(spec, weights)`` done earlier (the runner checks inputs first).

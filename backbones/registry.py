@@ -21,8 +21,21 @@ from .vit import VisionTransformer
 CONFIG_DIR = Path(str(files("configs")))
 ZOO_FILE = CONFIG_DIR / "backbones.yaml"
 
-PRETRAIN_TAGS = ("mae", "supervised_in1k", "supervised_in21k", "supervised_synthetic", "mocov3", "beit", "beit_in22k",
-                 "random")  # fmt: skip
+# The one size vocabulary: architecture name -> the letter config files (``*_vit_b.yaml``) and the papers'
+# tables (ViT-B) use.
+SIZE_LETTERS = {"vit_tiny": "t", "vit_small": "s", "vit_base": "b", "vit_large": "l", "vit_huge": "h"}
+
+# The pretraining tags, in the order of the papers' table rows (scratch first, MAE last).
+PRETRAIN_TAGS = (
+    "random",
+    "supervised_in1k",
+    "supervised_in21k",
+    "supervised_synthetic",
+    "mocov3",
+    "beit",
+    "beit_in22k",
+    "mae",
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +68,22 @@ class BackboneSpec:
     @property
     def size(self) -> str:
         """Short size letter used in config names: vit_base -> "b"."""
-        return {"vit_tiny": "t", "vit_small": "s", "vit_base": "b", "vit_large": "l", "vit_huge": "h"}[self.arch]
+        return size_letter(self.arch)
+
+
+def size_letter(arch: str) -> str:
+    """vit_base -> "b"."""
+    return SIZE_LETTERS[arch]
+
+
+def short_name(arch: str) -> str:
+    """vit_base -> "vit_b" (the papers' tables and ``paper_results.csv``)."""
+    return f"vit_{SIZE_LETTERS[arch]}"
+
+
+def arch_of_size(letter: str) -> str:
+    """ "b" -> vit_base."""
+    return {v: k for k, v in SIZE_LETTERS.items()}[letter]
 
 
 @functools.cache

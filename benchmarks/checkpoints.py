@@ -43,9 +43,11 @@ def released_models(path: Path = RELEASED_FILE) -> dict[str, ReleasedModel]:
     return {name: ReleasedModel(name=name, **entry) for name, entry in data.items()}
 
 
-def resolve_checkpoint(name_or_path: str) -> tuple[Path, dict[str, Any], ReleasedModel | None]:
+def resolve_checkpoint(name_or_path: str, task: str) -> tuple[Path, dict[str, Any], ReleasedModel | None]:
     """A registered release name (downloaded once, verified) or a file path -> (path, integrity info, release)."""
     release = released_models().get(name_or_path)
+    if release is not None and release.task != task:
+        raise CheckpointError(f"--checkpoint {release.name} is a {release.task} model, not {task}")
     if release is not None:
         path = fetch_weights(release)
     else:
@@ -63,11 +65,11 @@ def resolve_checkpoint(name_or_path: str) -> tuple[Path, dict[str, Any], Release
     return path, info, release
 
 
-def load_model_checkpoint(task, model, spec, cfg, name_or_path: str) -> tuple[LoadReport, dict[str, Any]]:
-    """Load a whole model into ``model``; returns the load report and the checkpoint's record for metrics.json."""
-    path, info, release = resolve_checkpoint(name_or_path)
-    if release is not None and release.task != task.name:
-        raise CheckpointError(f"--checkpoint {release.name} is a {release.task} model, not {task.name}")
+def load_model_checkpoint(task, model, spec, cfg, resolved: tuple) -> tuple[LoadReport, dict[str, Any]]:
+    """Load a whole model (``resolve_checkpoint``'s answer) into ``model``; returns the load report and the
+    checkpoint's record for metrics.json."""
+    path, info, release = resolved
+    info = dict(info)
     obj = read_checkpoint(path)
     state = obj.get("model") if isinstance(obj, dict) else None
     report = LoadReport(spec.name, None, info, spec.pretrain, spec.provenance)

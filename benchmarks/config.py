@@ -36,13 +36,17 @@ def available_configs(task: str) -> list[str]:
 VARIANTS = {"supervised_in1k": "supervised", "supervised_in21k": "supervised", "random": "random", "mocov3": "mocov3"}
 
 
+def protocol_config_path(task: str, protocol: str, size: str, variant: str | None = None) -> Path:
+    """``configs/<task>/<protocol>_vit_<size>[_<variant>].yaml``: the one rule that names protocol configs."""
+    return CONFIG_DIR / task / f"{protocol}_vit_{size}{'_' + variant if variant else ''}.yaml"
+
+
 def default_config_path(task: str, protocol: str, spec: BackboneSpec) -> Path:
-    """``configs/<task>/<protocol>_vit_<size>[_<variant>].yaml`` for the backbone's size and pretraining."""
-    stem = CONFIG_DIR / task / f"{protocol}_vit_{spec.size}"
+    """The protocol config for the backbone's size, the pretraining's variant where one exists."""
     variant = VARIANTS.get(spec.pretrain)
-    if variant and stem.with_name(f"{stem.name}_{variant}.yaml").is_file():
-        return stem.with_name(f"{stem.name}_{variant}.yaml")
-    path = stem.with_suffix(".yaml")
+    if variant and protocol_config_path(task, protocol, spec.size, variant).is_file():
+        return protocol_config_path(task, protocol, spec.size, variant)
+    path = protocol_config_path(task, protocol, spec.size)
     if not path.is_file():
         raise ConfigError(
             f"no {protocol} config for a {spec.arch} backbone ({path}); "
@@ -125,3 +129,21 @@ def preset_config_path(task: str, preset: str) -> Path:
     if not path.is_file():
         raise ConfigError(f"no preset {preset!r} for {task} ({path}); configs: {', '.join(available_configs(task))}")
     return path
+
+
+def resolve_choices(section: str, tables: dict[str, dict[str, object]], values) -> dict[str, object]:
+    """Each key of a config section (``model.ops``, ``test``) resolved through its table of named choices.
+
+    ``tables``: key -> {name: the class or function it stands for}. A key the tables do not know, or a name
+    not in its table, is an error naming the key and the choices.
+    """
+    unknown = sorted(set(values) - set(tables))
+    if unknown:
+        raise ConfigError(f"{section} has no choice {', '.join(unknown)}; its choices: {', '.join(tables)}")
+    resolved = {}
+    for key, table in tables.items():
+        name = values[key]
+        if name not in table:
+            raise ConfigError(f"{section}.{key} must be one of {', '.join(map(repr, table))}, got {name!r}")
+        resolved[key] = table[name]
+    return resolved

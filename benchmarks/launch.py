@@ -1,103 +1,41 @@
-"""Where a run executes: this process, torchrun on this node, or Slurm through submitit; and sweeps.
+"""Where a run executes: torchrun on this node, or Slurm through submitit (this process: the runner).
 
-A run travels as its command line (``run_argv``): the same argv runs locally, under torchrun or in
-a Slurm job, so what a job did is always one ``run_bench.py`` line a user can read and repeat.
+A run travels as its command line (``Request.argv``): the same argv runs under torchrun or in a Slurm
+job, so what a job did is always one ``run_bench.py`` line a user can read and repeat.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import os
 import signal
 import sys
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from backbones.registry import CONFIG_DIR
-
-from .config import ConfigError
-
-SWEEP_DIR = CONFIG_DIR / "sweeps"
-SLURM_FOLDER = os.path.join("runs", "slurm", "%j")  # submitit fills in the job id
-# run_bench.py options that describe the run itself (everything else says where and how to launch it)
-RUN_OPTIONS = ("task", "backbone", "config", "preset", "protocol", "weights", "checkpoint", "data_root", "output_dir",
-               "seed",
-               "device", "resume", "eval_only", "dry_run", "visualize")  # fmt: skip
+from .arguments import parse_args
+from .engine.preemption import Preempted, StopRequest
+from .planning import plan_requests
+from .runner import run
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One run of a sweep: a task and a backbone (the rest of the command line is shared)."""
-
-    task: str
-    backbone: str
-
-
-def run_argv(args: argparse.Namespace, **changes) -> list[str]:
-    """The ``run_bench.py`` arguments of one run: ``args``' run options with ``changes`` applied."""
-    values = {k: getattr(args, k) for k in RUN_OPTIONS} | changes
-    argv = []
-    for key, value in values.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            argv.append(flag)
-        elif value not in (None, False):
-            argv += [flag, str(value)]
-    if args.opts:
-        argv += ["--opts", *args.opts]
-    return argv
+def run_argv(argv: list[str], stop=None) -> Path:
+    """A single run from its ``run_bench.py`` arguments (a Slurm job's or a torchrun child's)."""
+    (request,) = plan_requests(parse_args(argv))
+    return run(request, stop)
 
 
 def torchrun_command(argv: list[str], nproc: int) -> list[str]:
     """One node, ``nproc`` processes: ``python -m torch.distributed.run ... -m benchmarks.cli ARGV``
     (the module, not a script path: an installed wheel has no run_bench.py beside it)."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            "-m", "benchmarks.cli", *argv]  # fmt: skip
-
-
-# ---------------------------------------------------------------------------------------------- sweeps
-
-
-def load_sweep(name: str) -> dict:
-    """``configs/sweeps/<name>.yaml`` (or a path): ``tasks``, ``backbones`` and optional ``protocol``."""
-    path = Path(name) if name.endswith(".yaml") else SWEEP_DIR / f"{name}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SWEEP_DIR.glob("*.yaml")))
-        raise ConfigError(f"no sweep {name!r} ({path}); sweeps: {known}")
-    sweep = OmegaConf.to_container(OmegaConf.load(path))
-    missing = {"tasks", "backbones"} - set(sweep)
-    if missing:
-        raise ConfigError(f"sweep {path} lacks {sorted(missing)}: it needs lists `tasks:` and `backbones:`")
-    return sweep
-
-
-def sweep_cells(args: argparse.Namespace) -> list[Cell]:
-    """Every task x backbone the command line names (``--task``/``--backbone`` lists, ``--sweep``)."""
-    tasks, backbones = list(args.task or []), list(args.backbone or [])
-    if args.sweep:
-        sweep = load_sweep(args.sweep)
-        tasks += [t for t in sweep["tasks"] if t not in tasks]
-        backbones += [b for b in sweep["backbones"] if b not in backbones]
-        if args.protocol is None:
-            args.protocol = sweep.get("protocol")
-    return [Cell(t, b) for t, b in itertools.product(tasks, backbones)]
-
-
-def cell_output_dir(root: str | None, cell: Cell, protocol: str, stamp: str, sweep: bool) -> str:
-    """``--output-dir`` as given for one run; below it ``<task>/<backbone>`` in a sweep; else the default."""
-    if root and not sweep:
-        return root
-    if root:
-        return str(Path(root) / cell.task / cell.backbone)
-    return f"runs/{cell.task}/{cell.backbone}/{protocol}-{stamp}"
-
-
-def timestamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "benchmarks.cli",
+        *argv,
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- slurm
@@ -115,17 +53,14 @@ class BenchJob:
         self.argv = argv if "--resume" in argv else [*argv, "--resume"]
 
     def __call__(self):
-        import submitit
-
-        from benchmarks.engine.preemption import Preempted, StopRequest
-        from benchmarks.runner import run_one
+        import submitit  # only a Slurm job needs it
 
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         stop = StopRequest(getattr(signal, "SIG" + env.USR_SIG))  # takes the signal over from submitit's handler
         try:
-            return str(run_one(self.argv, stop))
+            return str(run_argv(self.argv, stop))
         except Preempted:
             stop.forward()  # rank 0: submitit calls checkpoint(), requeues the job and exits
             return None
@@ -152,8 +87,13 @@ def slurm_parameters(args: argparse.Namespace) -> dict:
         "slurm_signal_delay_s": args.signal_delay,
         "slurm_array_parallelism": args.array_parallelism,
     }
-    optional = {"slurm_partition": args.partition, "slurm_account": args.account, "slurm_qos": args.qos,
-                "mem_gb": args.mem, "slurm_constraint": args.constraint}  # fmt: skip
+    optional = {
+        "slurm_partition": args.partition,
+        "slurm_account": args.account,
+        "slurm_qos": args.qos,
+        "mem_gb": args.mem,
+        "slurm_constraint": args.constraint,
+    }
     params |= {k: v for k, v in optional.items() if v is not None}
     return params
 
@@ -161,8 +101,7 @@ def slurm_parameters(args: argparse.Namespace) -> dict:
 def slurm_executor(args: argparse.Namespace, cluster: str):
     import submitit
 
-    executor = submitit.AutoExecutor(folder=args.slurm_folder, cluster=cluster,
-                                     slurm_max_num_timeout=args.max_requeues)  # fmt: skip
+    executor = submitit.AutoExecutor(folder=args.slurm_folder, cluster=cluster, slurm_max_num_timeout=args.max_requeues)
     executor.update_parameters(**slurm_parameters(args))
     return executor
 

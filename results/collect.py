@@ -5,12 +5,15 @@
     python -m results.collect RUNS_DIR --update-baseline results/baselines/cpu.json
     python -m results.collect RUNS_DIR --plot figures/
 
-Every ``metrics.json`` below RUNS_DIR becomes one row. Runs are averaged (mean ± std (n)) only
-when they differ in nothing but the seed: same task, backbone, protocol, preset, dataset, split and
-config values (``config_digest`` in metrics.json). Anything else is its own row, labelled by what
-differs (``[dataset coco_sample, 2 it]``); a baseline cell never mixes two experiments. Folders
-that look like runs but have no readable ``metrics.json`` are listed under "skipped" with the
-reason; the tables are produced from the rest.
+Every ``metrics.json`` below RUNS_DIR becomes one row. What a run's numbers mean comes from the
+record itself: the task declares its kind (transfer or pretraining) and its metrics (label, which
+way is better, headline or not), so the collector knows no task by name. The papers' tables are
+declared in ``configs/tables/`` (``tables.py``). Runs are averaged (mean ± std (n)) only when they
+differ in nothing but the seed: same task, backbone, protocol, preset, dataset, split and config
+values (``config_digest`` in metrics.json). Anything else is its own row, labelled by what differs
+(``[dataset coco_sample, 2 it]``); a baseline cell never mixes two experiments. Folders that look
+like runs but have no readable ``metrics.json`` are listed under "skipped" with the reason; the
+tables are produced from the rest.
 """
 
 from __future__ import annotations
@@ -18,31 +21,43 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-PAPER_CSV = Path(__file__).resolve().parent / "paper_results.csv"
-KNOWN_TASKS = ("coco_det", "ade20k_seg")
-PRETRAIN_TASKS = ("mae_pretrain", "sup_pretrain")  # their runs feed --weights; listed, not tabled
-ARCH_SHORT = {"vit_tiny": "vit_t", "vit_small": "vit_s", "vit_base": "vit_b", "vit_large": "vit_l", "vit_huge": "vit_h"}
-ROW_ORDER = ["random", "supervised_in1k", "supervised_in21k", "supervised_synthetic", "mocov3", "beit", "beit_in22k",
-             "mae"]  # fmt: skip
-# The papers' tables: (title, task, our protocol, the csv's protocol, metrics).
-PAPER_TABLES = [
-    ("MAE Table 4: COCO Mask R-CNN (Li et al.)", "coco_det", "mae_paper", ["mae_paper"], ["box_AP", "mask_AP"]),
-    ("MAE Table 5: ADE20K UperNet", "ade20k_seg", "upernet", ["upernet_beit"], ["mIoU"]),
-    ("ViTDet: COCO Mask R-CNN", "coco_det", "vitdet", ["vitdet"], ["box_AP", "mask_AP"]),
-    ("ViTDet Table 4: COCO Mask R-CNN, no relative position", "coco_det", "vitdet_norelpos", ["vitdet_norelpos"],
-     ["box_AP", "mask_AP"]),
-]
+from backbones.registry import PRETRAIN_TAGS, SIZE_LETTERS, short_name
+
+from .tables import PaperTable, paper_numbers, paper_tables
+
+ROW_ORDER = PRETRAIN_TAGS  # rows of every table: scratch first, MAE last
 RUN_MARKERS = ("config.yaml", "load_report.json", "last_checkpoint.pth")
-HEADLINE = ("box_AP", "mask_AP", "mIoU", "mIoU_ms_flip")  # what the baseline guards
 
 
-def read_runs(runs_dir: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """One row per finished run (metadata + flattened metrics) and the (folder, reason) of skipped ones."""
-    rows, skipped = [], []
+@dataclass
+class Runs:
+    """The finished transfer runs (one row each: metadata + numeric metrics), what their tasks declare
+    of their metrics (task -> [{name, label, higher_is_better, headline}]), and the skipped folders."""
+
+    df: pd.DataFrame
+    metrics: dict[str, list[dict]] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def columns(self, headline_only: bool = False) -> list[str]:
+        """Metric names in declaration order, task by task, that some run reports."""
+        names = [m["name"] for ms in self.metrics.values() for m in ms if m["headline"] or not headline_only]
+        return [n for n in dict.fromkeys(names) if n in self.df and self.df[n].notna().any()]
+
+    def headline(self, task: str) -> list[dict]:
+        return [m for m in self.metrics.get(task, []) if m["headline"]]
+
+    def label(self, name: str) -> str:
+        return next((m["label"] for ms in self.metrics.values() for m in ms if m["name"] == name), name)
+
+
+def read_runs(runs_dir: Path) -> Runs:
+    """One row per finished transfer run; pretraining runs, re-evaluations and unreadable folders skipped."""
+    rows, skipped, declared = [], [], {}
     folders = {p.parent for marker in RUN_MARKERS for p in runs_dir.rglob(marker)}
     folders |= {p.parent for p in runs_dir.rglob("metrics.json")}
     for folder in sorted(folders):
@@ -52,30 +67,50 @@ def read_runs(runs_dir: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
             continue
         try:
             record = json.loads(path.read_text())
-            metrics = record["metrics"]
-            task = record["task"]
+            metrics, task = record["metrics"], record["task"]
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             skipped.append((str(folder), f"unreadable metrics.json ({type(err).__name__}: {err})"))
             continue
-        if task in PRETRAIN_TASKS:
-            skipped.append((str(folder), f"pretraining run ({task}: {metric_text(metrics)}), no transfer metric"))
+        if "metric_info" not in record:
+            skipped.append((str(folder), f"{task}: metrics.json declares no metric_info (not written by run-bench)"))
             continue
-        if task not in KNOWN_TASKS:
-            skipped.append((str(folder), f"unknown task {task!r}"))
+        if record.get("kind") == "pretraining":
+            skipped.append((str(folder), f"pretraining run ({task}: {metric_text(metrics)}), no transfer metric"))
             continue
         if record.get("evaluation_of"):
             skipped.append((str(folder), f"re-evaluation of {record['evaluation_of']} ({metric_text(metrics)})"))
             continue
-        meta = {k: record.get(k) for k in ("task", "backbone", "arch", "pretrain", "provenance", "protocol",
-                                           "preset", "seed", "iterations", "wall_seconds", "dataset", "split",
-                                           "config_digest", "config")}  # fmt: skip
+        declared.setdefault(task, record["metric_info"])
+        meta = {
+            k: record.get(k)
+            for k in (
+                "task",
+                "backbone",
+                "arch",
+                "pretrain",
+                "provenance",
+                "protocol",
+                "preset",
+                "seed",
+                "iterations",
+                "wall_seconds",
+                "dataset",
+                "split",
+                "config_digest",
+                "config",
+            )
+        }
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         checkpoint = record.get("checkpoint") or {}
         if checkpoint.get("released"):  # a released model evaluated here: its own table, not a protocol cell
-            meta |= {"released": checkpoint["released"], "published": checkpoint.get("published", {}),
-                     "source": checkpoint.get("source", ""), "protocol": "released"}  # fmt: skip
+            meta |= {
+                "released": checkpoint["released"],
+                "published": checkpoint.get("published", {}),
+                "source": checkpoint.get("source", ""),
+                "protocol": "released",
+            }
         rows.append({**meta, **numbers, "run": str(folder)})
-    return label_variants(pd.DataFrame(rows)), skipped
+    return Runs(label_variants(pd.DataFrame(rows)), declared, skipped)
 
 
 def metric_text(metrics: dict) -> str:
@@ -139,24 +174,19 @@ def cell(mean, std, n) -> str:
     return f"{mean:.1f}" if n == 1 else f"{mean:.1f} ± {std:.1f} (n={n})"
 
 
-def paper_numbers() -> pd.DataFrame:
-    return pd.read_csv(PAPER_CSV)
-
-
-def paper_table(df: pd.DataFrame, paper: pd.DataFrame, task, protocol, paper_protocols, metrics, with_paper: bool):
-    """Rows: pretraining; columns: metric × ViT-B / ViT-L (ours, and with ``with_paper`` paper and Δ)."""
-    runs = df[(df.task == task) & (df.protocol == protocol) & df.arch.isin(["vit_base", "vit_large"])]
-    ref = paper[(paper.task == task) & paper.protocol.isin(paper_protocols)]
+def paper_table(df: pd.DataFrame, paper: pd.DataFrame, table: PaperTable, with_paper: bool) -> pd.DataFrame:
+    """Rows: pretraining; columns: metric × arch (ours, and with ``with_paper`` the paper's and Δ)."""
+    runs = table.runs(df)
+    ref = table.paper_rows(paper)
     pretrains = [p for p in ROW_ORDER if p in set(runs.pretrain) | set(ref.pretrain)]
-    table = {}
+    rows = {}
     for pre, variant in [(p, v) for p in pretrains for v in sorted(set(runs[runs.pretrain == p].variant)) or [""]]:
         row = {}
         mine = runs[(runs.pretrain == pre) & (runs.variant == variant)] if len(runs) else runs
         stand_in = mine[mine.provenance.fillna("").str.startswith("stand-in")]
-        for metric in metrics:
-            for arch in ("vit_base", "vit_large"):
-                short = ARCH_SHORT[arch]
-                sel = mine[mine.arch == arch]
+        for metric in table.columns:
+            for short in table.archs:
+                sel = mine[mine.arch.map(short_name) == short] if len(mine) else mine
                 values = sel[metric].dropna() if metric in sel else pd.Series(dtype=float)
                 ours = values.mean() if len(values) else float("nan")
                 row[(metric, short, "ours")] = cell(ours, values.std(ddof=0), len(values))
@@ -166,8 +196,8 @@ def paper_table(df: pd.DataFrame, paper: pd.DataFrame, task, protocol, paper_pro
                     source = match.source.iloc[0] if len(match) else ""
                     row[(metric, short, "paper")] = f"{value:.1f} [{source}]" if len(match) else "–"
                     row[(metric, short, "Δ")] = f"{ours - value:+.1f}" if len(values) and len(match) else "–"
-        table[labelled(pre, variant) + (" †" if len(stand_in) else "")] = row
-    out = pd.DataFrame.from_dict(table, orient="index")
+        rows[labelled(pre, variant) + (" †" if len(stand_in) else "")] = row
+    out = pd.DataFrame.from_dict(rows, orient="index")
     if len(out.columns):
         out.columns = pd.MultiIndex.from_tuples(out.columns)
     return out
@@ -178,10 +208,7 @@ def released_table(df: pd.DataFrame) -> pd.DataFrame:
     table = {}
     for _, run in df.iterrows():
         row = {}
-        for metric in ("box_AP", "mask_AP", "mIoU", "mIoU_ms_flip"):
-            published = run.published.get(metric)
-            if published is None:
-                continue
+        for metric, published in run.published.items():
             ours = run.get(metric)
             row[(metric, "here")] = f"{ours:.1f}" if pd.notna(ours) else "–"
             row[(metric, "published")] = f"{published:.1f}"
@@ -193,10 +220,15 @@ def released_table(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def cpu_table(df: pd.DataFrame) -> pd.DataFrame:
-    """The CPU miniature: rows pretraining; columns APbox / APmask (coco_det) and mIoU (ade20k_seg) x arch."""
-    columns = [("coco_det", "box_AP", "APbox"), ("coco_det", "mask_AP", "APmask"), ("ade20k_seg", "mIoU", "mIoU")]
-    archs = [a for a in ARCH_SHORT if a in set(df.arch)]
+def cpu_table(runs: Runs, df: pd.DataFrame) -> pd.DataFrame:
+    """The CPU miniature: rows pretraining; columns each task's headline metrics x arch (those reported)."""
+    columns = [
+        (task, m["name"], m["label"])
+        for task in dict.fromkeys(df.task)
+        for m in runs.headline(task)
+        if m["name"] in df and df[df.task == task][m["name"]].notna().any()
+    ]
+    archs = [a for a in SIZE_LETTERS if a in set(df.arch)]
     table = {}
     pretrains = [p for p in ROW_ORDER if p in set(df.pretrain)] + sorted(set(df.pretrain) - set(ROW_ORDER))
     for pre, variant in [(p, v) for p in pretrains for v in sorted(set(df[df.pretrain == p].variant))]:
@@ -204,9 +236,9 @@ def cpu_table(df: pd.DataFrame) -> pd.DataFrame:
         for task, metric, label in columns:
             for arch in archs:
                 sel = df[(df.pretrain == pre) & (df.variant == variant) & (df.task == task) & (df.arch == arch)]
-                values = sel[metric].dropna() if metric in sel else pd.Series(dtype=float)
+                values = sel[metric].dropna()
                 mean = values.mean() if len(values) else float("nan")
-                row[f"{label} {ARCH_SHORT[arch]}"] = cell(mean, values.std(ddof=0), len(values))
+                row[f"{label} {short_name(arch)}"] = cell(mean, values.std(ddof=0), len(values))
         table[labelled(pre, variant)] = row
     return pd.DataFrame.from_dict(table, orient="index")
 
@@ -226,28 +258,35 @@ def render(df: pd.DataFrame, fmt: str) -> str:
     raise ValueError(f"unknown format {fmt}")
 
 
-def report(df: pd.DataFrame, skipped, fmt: str, with_paper: bool) -> str:
-    parts = []
+def report(runs: Runs, fmt: str, with_paper: bool) -> str:
+    df, parts = runs.df, []
     if len(df):
-        metric_cols = [c for c in ("box_AP", "mask_AP", "mIoU", "mIoU_ms_flip", "mAcc", "aAcc") if c in df]
-        parts += ["## All runs (mean ± std over seeds)", render(summarize(df, metric_cols).set_index("backbone"), fmt)]
+        parts += [
+            "## All runs (mean ± std over seeds)",
+            render(summarize(df, runs.columns()).set_index("backbone"), fmt),
+        ]
         paper = paper_numbers()
-        for title, task, protocol, paper_protocols, metrics in PAPER_TABLES:
-            table = paper_table(df, paper, task, protocol, paper_protocols, metrics, with_paper)
-            if len(df[(df.task == task) & (df.protocol == protocol) & df.arch.isin(["vit_base", "vit_large"])]):
-                parts += [f"## {title}", render(table, fmt), "† stand-in weights (see `run_bench.py --list-backbones`)"]
+        for table in paper_tables():
+            if len(table.runs(df)):
+                parts += [
+                    f"## {table.title}",
+                    render(paper_table(df, paper, table, with_paper), fmt),
+                    "† stand-in weights (see `run_bench.py --list-backbones`)",
+                ]
         released = df[df.protocol == "released"] if "released" in df else df.iloc[:0]
         if len(released):
             parts += ["## Released weights, evaluated here", render(released_table(released), fmt)]
         cpu = df[(df.preset == "cpu") & (df.protocol != "released")]
         if len(cpu):
-            title = "## CPU presets in the layout of MAE Tables 4 / 5 (rows: pretraining)"
-            parts += [title, render(cpu_table(cpu), fmt)]
+            parts += [
+                "## CPU presets in the layout of the papers' tables (rows: pretraining)",
+                render(cpu_table(runs, cpu), fmt),
+            ]
     else:
         parts.append("no finished runs")
-    if skipped:
+    if runs.skipped:
         parts.append("## Skipped")
-        parts += [f"- {folder}: {why}" for folder, why in skipped]
+        parts += [f"- {folder}: {why}" for folder, why in runs.skipped]
     return "\n\n".join(parts) + "\n"
 
 
@@ -256,19 +295,20 @@ def cell_key(row) -> str:
     return labelled(f"{row['task']}/{row['backbone']}/{row['preset']}/{row['protocol']}", row.get("variant"))
 
 
-def measured(df: pd.DataFrame) -> dict[str, dict[str, float]]:
-    """Mean metric per experiment (the baseline's cells): runs that differ only in the seed."""
-    out: dict[str, dict[str, float]] = {}
+def measured(runs: Runs) -> dict[str, dict[str, float]]:
+    """Mean headline metric per experiment (the baseline's cells): runs that differ only in the seed."""
+    df, out = runs.df, {}
     for key, group in df.groupby(df.apply(cell_key, axis=1)):
-        values = group[[m for m in HEADLINE if m in group]].mean()
+        names = [m["name"] for m in runs.headline(group.task.iloc[0]) if m["name"] in group]
+        values = group[names].mean()
         out[key] = {k: round(float(v), 2) for k, v in values.items() if pd.notna(v)}
     return out
 
 
-def check(df: pd.DataFrame, baseline_path: Path, tolerance: float) -> list[str]:
+def check(runs: Runs, baseline_path: Path, tolerance: float) -> list[str]:
     """Every baseline cell whose metric dropped by more than ``tolerance`` (or is missing)."""
     baseline = json.loads(baseline_path.read_text())
-    now = measured(df) if len(df) else {}
+    now = measured(runs) if len(runs.df) else {}
     failures = []
     for key, expected in baseline.items():
         for metric, value in expected.items():
@@ -297,24 +337,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.check and not args.check.is_file():
         print(f"error: no baseline {args.check}: record one with --update-baseline {args.check}", file=sys.stderr)
         return 2
-    df, skipped = read_runs(args.runs_dir)
-    text = report(df, skipped, args.format, args.paper)
+    runs = read_runs(args.runs_dir)
+    text = report(runs, args.format, args.paper)
     if args.out:
         args.out.write_text(text)
     else:
         print(text)
-    if args.plot and len(df):
-        from .plots import plot_training_curves, plot_vs_paper
+    if args.plot and len(runs.df):
+        from .plots import plot_training_curves, plot_vs_paper  # matplotlib's import costs seconds: only here
 
         args.plot.mkdir(parents=True, exist_ok=True)
-        figures = plot_vs_paper(df, paper_numbers(), args.plot) + plot_training_curves(df, args.plot)
+        figures = plot_vs_paper(runs.df, paper_numbers(), args.plot) + plot_training_curves(runs.df, args.plot)
         print(f"wrote {len(figures)} figures to {args.plot}", file=sys.stderr)
     if args.update_baseline:
         args.update_baseline.parent.mkdir(parents=True, exist_ok=True)
-        args.update_baseline.write_text(json.dumps(measured(df), indent=1, sort_keys=True) + "\n")
+        args.update_baseline.write_text(json.dumps(measured(runs), indent=1, sort_keys=True) + "\n")
         print(f"wrote baseline {args.update_baseline}", file=sys.stderr)
     if args.check:
-        failures = check(df, args.check, args.tolerance)
+        failures = check(runs, args.check, args.tolerance)
         if failures:
             print("accuracy regression:\n  " + "\n  ".join(failures), file=sys.stderr)
             return 1

@@ -11,22 +11,26 @@ matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from backbones.registry import short_name  # noqa: E402
+
+from .tables import paper_tables  # noqa: E402
+
 
 def plot_vs_paper(df: pd.DataFrame, paper: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """One bar chart per (task, protocol, metric) with ViT-B/L runs: our mean ± std next to the paper's number."""
-    from .collect import ARCH_SHORT, PAPER_TABLES
-
+    """One bar chart per paper table and metric with runs: our mean ± std next to the paper's number."""
     written = []
-    for title, task, protocol, paper_protocols, metrics in PAPER_TABLES:
-        runs = df[(df.task == task) & (df.protocol == protocol) & df.arch.isin(["vit_base", "vit_large"])]
-        for metric in metrics:
+    for table in paper_tables():
+        runs = table.runs(df)
+        task, protocol, title = table.task, table.protocol, table.title
+        for metric in table.columns:
             if metric not in runs or runs[metric].dropna().empty:
                 continue
             stats = runs.groupby(["pretrain", "arch"])[metric].agg(["mean", "std"]).fillna(0).reset_index()
-            labels = [f"{r.pretrain}\n{ARCH_SHORT[r.arch]}" for r in stats.itertuples()]
-            ref = paper[(paper.task == task) & paper.protocol.isin(paper_protocols) & (paper.metric == metric)]
+            labels = [f"{r.pretrain}\n{short_name(r.arch)}" for r in stats.itertuples()]
+            ref = table.paper_rows(paper)
+            ref = ref[ref.metric == metric]
             ref_values = [
-                ref[(ref.pretrain == r.pretrain) & (ref.backbone == ARCH_SHORT[r.arch])].value.mean()
+                ref[(ref.pretrain == r.pretrain) & (ref.backbone == short_name(r.arch))].value.mean()
                 for r in stats.itertuples()
             ]
             fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels)), 3.5))

@@ -67,10 +67,29 @@ def eval_only_on_fixture(task: str, fixture: Path, apply_meta, checkpoint: str, 
     OmegaConf.save(cfg, tmp_path / "fixture.yaml")
     out = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, RUN_BENCH, "--task", task, "--backbone", "random_vit_b", "--config",
-         str(tmp_path / "fixture.yaml"), "--eval-only", "--checkpoint", str(fixture / checkpoint),
-         "--data-root", str(data_root), "--output-dir", str(out), "--device", "cpu"],
-        capture_output=True, text=True, timeout=900)  # fmt: skip
+        [
+            sys.executable,
+            RUN_BENCH,
+            "--task",
+            task,
+            "--backbone",
+            "random_vit_b",
+            "--config",
+            str(tmp_path / "fixture.yaml"),
+            "--eval-only",
+            "--checkpoint",
+            str(fixture / checkpoint),
+            "--data-root",
+            str(data_root),
+            "--output-dir",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "metrics.json").read_text())
     meta = json.loads((fixture / "meta.json").read_text())

@@ -14,13 +14,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from backbones import build_encoder, get_spec
-from benchmarks.ade20k.data import ADE20K, TrainPipeline, class_names, reduce_zero_label
-from benchmarks.ade20k.evaluate import predict_probs, slide_logits
-from benchmarks.ade20k.metrics import ConfusionMatrix
-from benchmarks.ade20k.model import build_upernet
-from benchmarks.ade20k.synthetic import make_synthetic_ade20k
+from benchmarks.common.datasets import DatasetError
 from benchmarks.config import CONFIG_DIR, apply_overrides, load_config
-from benchmarks.datasets import DatasetError
+from benchmarks.tasks.ade20k_seg.data import ADE20K, TrainPipeline, class_names, reduce_zero_label
+from benchmarks.tasks.ade20k_seg.evaluate import predict_probs, slide_logits
+from benchmarks.tasks.ade20k_seg.metrics import ConfusionMatrix
+from benchmarks.tasks.ade20k_seg.model import build_upernet
+from benchmarks.tasks.ade20k_seg.synthetic import make_synthetic_ade20k
 
 SAMPLE = ROOT.parent / "shared" / "data" / "ade20k_sample"
 needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/ade20k_sample is not here")
@@ -141,12 +141,34 @@ def test_upernet_vit_b_parameter_count_within_1_percent_of_mmseg():
 
 
 def test_short_training_lowers_loss_and_resume_is_exact(tmp_path):
-    opts = ["backbone.img_size=64", "data.crop=64", "data.scale=[256,64]", "test.crop=64", "test.stride=40",
-            "test.scale=[256,64]", f"data.synthetic.root={tmp_path / 'syn'}", "data.synthetic.num_train=16",
-            "data.synthetic.num_val=2", "data.workers=1", "train.iterations=16", "train.checkpoint_period=4",
-            "train.log_period=1", "train.images_per_batch=4"]  # fmt: skip
-    base = [sys.executable, RUN_BENCH, "--task", "ade20k_seg", "--backbone", "random_vit_tiny", "--preset", "cpu",
-            "--device", "cpu"]  # fmt: skip
+    opts = [
+        "backbone.img_size=64",
+        "data.crop=64",
+        "data.scale=[256,64]",
+        "test.crop=64",
+        "test.stride=40",
+        "test.scale=[256,64]",
+        f"data.synthetic.root={tmp_path / 'syn'}",
+        "data.synthetic.num_train=16",
+        "data.synthetic.num_val=2",
+        "data.workers=1",
+        "train.iterations=16",
+        "train.checkpoint_period=4",
+        "train.log_period=1",
+        "train.images_per_batch=4",
+    ]
+    base = [
+        sys.executable,
+        RUN_BENCH,
+        "--task",
+        "ade20k_seg",
+        "--backbone",
+        "random_vit_tiny",
+        "--preset",
+        "cpu",
+        "--device",
+        "cpu",
+    ]
     straight = tmp_path / "straight"
     subprocess.run([*base, "--output-dir", str(straight), "--opts", *opts], check=True, capture_output=True)
     losses = [json.loads(x)["loss"] for x in (straight / "train_log.jsonl").read_text().splitlines()]
@@ -159,8 +181,7 @@ def test_short_training_lowers_loss_and_resume_is_exact(tmp_path):
     cmd = [*base, "--output-dir", str(killed), "--opts", *opts]
     interrupted_at = kill_after_first_checkpoint(cmd, killed, tmp_path)
     assert 0 < interrupted_at < 16
-    subprocess.run([*base, "--output-dir", str(killed), "--resume", "--opts", *opts], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run([*base, "--output-dir", str(killed), "--resume", "--opts", *opts], check=True, capture_output=True)
     a = torch.load(straight / "last_checkpoint.pth", weights_only=True)["model"]
     b = torch.load(killed / "last_checkpoint.pth", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -13,10 +13,23 @@ from official_layouts import VIT_B
 from backbones import zoo
 
 REQUIRED = [
-    "mae_vit_b", "mae_vit_l", "mae_vit_h", "sup_vit_b", "sup_vit_l", "sup21k_vit_b", "sup21k_vit_l",
-    "mocov3_vit_b", "beit_vit_b", "beit22k_vit_b", "beit22k_vit_l",
-    "random_vit_b", "random_vit_l", "random_vit_h", "random_vit_tiny", "random_vit_small",
-]  # fmt: skip
+    "mae_vit_b",
+    "mae_vit_l",
+    "mae_vit_h",
+    "sup_vit_b",
+    "sup_vit_l",
+    "sup21k_vit_b",
+    "sup21k_vit_l",
+    "mocov3_vit_b",
+    "beit_vit_b",
+    "beit22k_vit_b",
+    "beit22k_vit_l",
+    "random_vit_b",
+    "random_vit_l",
+    "random_vit_h",
+    "random_vit_tiny",
+    "random_vit_small",
+]
 
 
 def run(*args, check=True):
@@ -50,8 +63,17 @@ def test_dry_run_mae_vit_b_vitdet(tmp_path):
     weights = tmp_path / "my_mae_b.pth"
     torch.save(L.mae_pretrain(VIT_B), weights)
     out = tmp_path / "run"
-    proc = run("--task", "coco_det", "--backbone", "mae_vit_b", "--weights", str(weights), "--dry-run",
-               "--output-dir", str(out))  # fmt: skip
+    proc = run(
+        "--task",
+        "coco_det",
+        "--backbone",
+        "mae_vit_b",
+        "--weights",
+        str(weights),
+        "--dry-run",
+        "--output-dir",
+        str(out),
+    )
     assert "loaded 146  resized 1" in proc.stdout and "unused 3" in proc.stdout
     report = json.loads((out / "load_report.json").read_text())
     enc = "backbone.encoder."
@@ -76,8 +98,17 @@ def test_dry_run_upernet_resizes_pos_embed(tmp_path):
     size = L.Size(dim=192, depth=12, heads=3)
     torch.save(L.mae_pretrain(size), weights)
     out = tmp_path / "run"
-    run("--task", "ade20k_seg", "--backbone", "mae_vit_tiny", "--weights", str(weights), "--dry-run",
-        "--output-dir", str(out))  # fmt: skip
+    run(
+        "--task",
+        "ade20k_seg",
+        "--backbone",
+        "mae_vit_tiny",
+        "--weights",
+        str(weights),
+        "--dry-run",
+        "--output-dir",
+        str(out),
+    )
     report = json.loads((out / "load_report.json").read_text())
     enc = "backbone.encoder."
     assert report["resized"][enc + "pos_embed"]["to"] == [1, 1025, 192]
@@ -123,20 +154,46 @@ def test_list_configs_names_every_file():
     for path in (ROOT / "configs" / "coco_det").glob("*.yaml"):
         assert f"coco_det    {path.stem} " in out
     assert "ade20k_seg  upernet_vit_b " in out and "mmseg" in out
+    for path in (ROOT / "configs" / "tables").glob("*.yaml"):  # the paper tables, each a --sweep
+        assert f"table       {path.stem} " in out
 
 
 def test_torchrun_launcher_runs_two_processes(tmp_path):
     out = tmp_path / "tr"
-    proc = run("--launcher", "torchrun", "--nproc-per-node", "2", "--task", "coco_det", "--backbone",
-               "random_vit_tiny", "--dry-run", "--device", "cpu", "--output-dir", str(out))  # fmt: skip
+    proc = run(
+        "--launcher",
+        "torchrun",
+        "--nproc-per-node",
+        "2",
+        "--task",
+        "coco_det",
+        "--backbone",
+        "random_vit_tiny",
+        "--dry-run",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+    )
     first = proc.stdout.splitlines()[0]
     assert "torch.distributed.run" in first and "--nproc_per_node=2" in first and "--launcher" not in first
     assert proc.stdout.count("wrote ") == 1 and (out / "load_report.json").exists()
 
 
 def test_sweep_runs_every_task_x_backbone_locally(tmp_path):
-    proc = run("--task", "coco_det", "ade20k_seg", "--backbone", "random_vit_tiny", "random_vit_small",
-               "--dry-run", "--device", "cpu", "--output-dir", str(tmp_path))  # fmt: skip
+    proc = run(
+        "--task",
+        "coco_det",
+        "ade20k_seg",
+        "--backbone",
+        "random_vit_tiny",
+        "random_vit_small",
+        "--dry-run",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path),
+    )
     assert "4/4 runs finished" in proc.stdout
     for task in ("coco_det", "ade20k_seg"):
         for backbone in ("random_vit_tiny", "random_vit_small"):
@@ -147,20 +204,60 @@ def test_sweep_runs_every_task_x_backbone_locally(tmp_path):
 def test_sweep_refuses_a_finished_run_before_starting_any(tmp_path):
     (tmp_path / "coco_det" / "random_vit_small").mkdir(parents=True)
     (tmp_path / "coco_det" / "random_vit_small" / "metrics.json").write_text("{}")
-    proc = run("--task", "coco_det", "--backbone", "random_vit_tiny", "random_vit_small", "--output-dir",
-               str(tmp_path), check=False)  # fmt: skip
+    proc = run(
+        "--task",
+        "coco_det",
+        "--backbone",
+        "random_vit_tiny",
+        "random_vit_small",
+        "--output-dir",
+        str(tmp_path),
+        check=False,
+    )
     assert proc.returncode == 2 and "--resume" in proc.stderr
     assert not (tmp_path / "coco_det" / "random_vit_tiny").exists()
 
 
 def test_print_sbatch_shows_the_job_array_slurm_gets(tmp_path):
-    proc = run("--sweep", "mae_table4", "--launcher", "slurm", "--print-sbatch", "--nodes", "2", "--gpus-per-node",
-               "8", "--partition", "learnfair", "--account", "acct", "--qos", "high", "--mem", "480", "--constraint",
-               "volta32gb", "--timeout", "2880", "--output-dir", str(tmp_path))  # fmt: skip
+    proc = run(
+        "--sweep",
+        "mae_table4",
+        "--launcher",
+        "slurm",
+        "--print-sbatch",
+        "--nodes",
+        "2",
+        "--gpus-per-node",
+        "8",
+        "--partition",
+        "learnfair",
+        "--account",
+        "acct",
+        "--qos",
+        "high",
+        "--mem",
+        "480",
+        "--constraint",
+        "volta32gb",
+        "--timeout",
+        "2880",
+        "--output-dir",
+        str(tmp_path),
+    )
     out = proc.stdout
-    for line in ("--array=0-5%6", "--nodes=2", "--gpus-per-node=8", "--ntasks-per-node=8", "--partition=learnfair",
-                 "--account=acct", "--qos=high", "--mem=480GB", "--constraint=volta32gb", "--time=2880",
-                 "--signal=USR2@120"):  # fmt: skip
+    for line in (
+        "--array=0-5%6",
+        "--nodes=2",
+        "--gpus-per-node=8",
+        "--ntasks-per-node=8",
+        "--partition=learnfair",
+        "--account=acct",
+        "--qos=high",
+        "--mem=480GB",
+        "--constraint=volta32gb",
+        "--time=2880",
+        "--signal=USR2@120",
+    ):
         assert f"#SBATCH {line}\n" in out, line
     jobs = [line for line in out.splitlines() if line.startswith("# job ")]
     assert len(jobs) == 6 and all("--protocol mae_paper" in j and j.endswith(" --resume") for j in jobs)

@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import ROOT
 
-from benchmarks.coco.evaluate import evaluate_results
-from benchmarks.coco.transforms import lsj
 from benchmarks.common.coco_format import CocoInstances, check_layout, instance_mask
+from benchmarks.common.datasets import DatasetError
 from benchmarks.common.synthetic_coco import make_synthetic_coco
-from benchmarks.datasets import DatasetError
+from benchmarks.tasks.coco_det.evaluate import evaluate_results
+from benchmarks.tasks.coco_det.transforms import lsj
 
 SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
 needs_sample = pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/coco_sample is not here")
@@ -76,10 +76,16 @@ def test_lsj_keeps_boxes_and_masks_consistent():
 def ground_truth_as_results(annotation_file):
     raw = json.loads(annotation_file.read_text())
     return [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0,
-         "segmentation": a["segmentation"] if isinstance(a["segmentation"], dict) else a["segmentation"]}
-        for a in raw["annotations"] if not a["iscrowd"]
-    ]  # fmt: skip
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+            "segmentation": a["segmentation"] if isinstance(a["segmentation"], dict) else a["segmentation"],
+        }
+        for a in raw["annotations"]
+        if not a["iscrowd"]
+    ]
 
 
 @needs_sample
@@ -98,8 +104,9 @@ def test_both_backends_agree_on_imperfect_detections(tmp_path):
     for r in ground_truth_as_results(ann):
         x, y, w, h = r["bbox"]
         jitter = rng.normal(0, 0.1, 4) * [w, h, w, h]
-        results.append({**r, "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]],
-                        "score": float(rng.random())})  # fmt: skip
+        results.append(
+            {**r, "bbox": [x + jitter[0], y + jitter[1], w + jitter[2], h + jitter[3]], "score": float(rng.random())}
+        )
     a = evaluate_results(ann, results, backend="faster", iou_types=("bbox",))
     b = evaluate_results(ann, results, backend="pycocotools", iou_types=("bbox",))
     assert 20 < a["box_AP"] < 95

@@ -6,10 +6,10 @@ from omegaconf import OmegaConf
 from torchvision.ops import roi_align
 
 from backbones import build_encoder, get_spec
-from benchmarks.coco.evaluate import detect
-from benchmarks.coco.model import AlignedMultiScaleRoIAlign, build_mask_rcnn
-from benchmarks.coco.transforms import resize_shortest_edge
 from benchmarks.config import CONFIG_DIR, apply_overrides, load_config
+from benchmarks.tasks.coco_det.evaluate import detect
+from benchmarks.tasks.coco_det.model import AlignedMultiScaleRoIAlign, build_mask_rcnn
+from benchmarks.tasks.coco_det.transforms import resize_like_detectron2
 
 
 def detector(config: str, backbone: str, opts=(), meta=False, num_classes=80):
@@ -21,9 +21,12 @@ def detector(config: str, backbone: str, opts=(), meta=False, num_classes=80):
 
 @pytest.mark.parametrize(
     "config, backbone, target",
-    [("vitdet_vit_b.yaml", "mae_vit_b", 111e6), ("vitdet_vit_l.yaml", "mae_vit_l", 331e6),
-     ("vitdet_vit_h.yaml", "mae_vit_h", 662e6)],
-)  # fmt: skip
+    [
+        ("vitdet_vit_b.yaml", "mae_vit_b", 111e6),
+        ("vitdet_vit_l.yaml", "mae_vit_l", 331e6),
+        ("vitdet_vit_h.yaml", "mae_vit_h", 662e6),
+    ],
+)
 def test_vitdet_parameter_counts_within_1_percent(config, backbone, target):
     model, _ = detector(config, backbone, meta=True)
     n = sum(p.numel() for p in model.parameters())
@@ -67,7 +70,7 @@ def test_train_losses_and_eval_outputs(config):
     assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
     sum(losses.values()).backward()
     image = (torch.rand(3, 200, 150) * 255).to(torch.uint8)
-    resized = resize_shortest_edge(image, 128, 128)  # the long side to the 128 canvas
+    resized = resize_like_detectron2(image, 128, 128)  # the long side to the 128 canvas
     assert resized.shape == (3, 128, 96)
     out = detect(model, [resized], [(200, 150)])  # mapped back to the original image
     assert out[0]["masks"].shape[1:] == (1, 200, 150) and out[0]["masks"].dtype == torch.bool

@@ -15,24 +15,48 @@ import torch
 from conftest import ROOT, RUN_BENCH
 from helpers import kill_after_first_checkpoint
 
-from benchmarks.engine.trainer import CHECKPOINT
+from benchmarks.engine.checkpoint import CHECKPOINT
 
 SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
 
 
 def tiny_opts(tmp_path, iterations=12, period=3):
     return [
-        "backbone.img_size=128", "data.canvas=128", "backbone.window_size=4",
-        f"data.synthetic.root={tmp_path / 'syn'}", "data.synthetic.num_train=16", "data.synthetic.num_val=4",
-        "data.workers=1", f"train.iterations={iterations}", f"train.checkpoint_period={period}",
-        "train.images_per_batch=2", "train.log_period=1", "train.schedule.warmup_iters=2",
-        f"train.schedule.steps=[{iterations - 2}]", "test.images_per_batch=2",
-    ]  # fmt: skip
+        "backbone.img_size=128",
+        "data.canvas=128",
+        "backbone.window_size=4",
+        f"data.synthetic.root={tmp_path / 'syn'}",
+        "data.synthetic.num_train=16",
+        "data.synthetic.num_val=4",
+        "data.workers=1",
+        f"train.iterations={iterations}",
+        f"train.checkpoint_period={period}",
+        "train.images_per_batch=2",
+        "train.log_period=1",
+        "train.schedule.warmup_iters=2",
+        f"train.schedule.steps=[{iterations - 2}]",
+        "test.images_per_batch=2",
+    ]
 
 
 def cli(out, opts, *extra):
-    return [sys.executable, RUN_BENCH, "--task", "coco_det", "--backbone", "random_vit_tiny", "--preset", "cpu",
-            "--output-dir", str(out), "--device", "cpu", *extra, "--opts", *opts]  # fmt: skip
+    return [
+        sys.executable,
+        RUN_BENCH,
+        "--task",
+        "coco_det",
+        "--backbone",
+        "random_vit_tiny",
+        "--preset",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--device",
+        "cpu",
+        *extra,
+        "--opts",
+        *opts,
+    ]
 
 
 def run(cmd, **kw):
@@ -86,9 +110,9 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, straight):
 def test_slurm_job_preempted_then_requeued_equals_uninterrupted(tmp_path, straight):
     """submitit's local executor stands in for Slurm: the job gets Slurm's warning signal mid-training,
     checkpoints at the end of that iteration, requeues itself and resumes to the same result."""
-    from benchmarks.cli import parse_args
+    from benchmarks.arguments import parse_args
     from benchmarks.launch import submit
-    from benchmarks.runner import plan_runs
+    from benchmarks.planning import plan_requests
 
     out = tmp_path / "job"
     args = parse_args(
@@ -104,9 +128,9 @@ def test_slurm_job_preempted_then_requeued_equals_uninterrupted(tmp_path, straig
             "10",
             "--slurm-folder",
             str(tmp_path / "submitit"),
-        ]  # fmt: skip
+        ]
     )
-    (job,) = submit(args, plan_runs(args), cluster="local")
+    (job,) = submit(args, [r.argv() for r in plan_requests(args)], cluster="local")
     deadline = time.time() + 120
     while not (out / CHECKPOINT).exists() and not job.done() and time.time() < deadline:
         time.sleep(0.05)
@@ -131,8 +155,17 @@ def free_port() -> int:
 def test_ddp_two_gloo_processes(tmp_path):
     opts = tiny_opts(tmp_path, iterations=4, period=2)
     out = tmp_path / "ddp"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                "--master_addr", "127.0.0.1", "--master_port", str(free_port())]  # fmt: skip
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+    ]
     proc = run(torchrun + cli(out, opts)[1:], env={**os.environ, "OMP_NUM_THREADS": "1"})
     log = (out / "log.txt").read_text()
     assert "parameters identical on 2 ranks" in log, proc.stderr[-2000:]
@@ -162,10 +195,20 @@ def test_ddp_two_gloo_processes(tmp_path):
 
 @pytest.mark.skipif(not SAMPLE.is_dir(), reason="../shared/data/coco_sample is not here")
 def test_twenty_iterations_on_the_real_sample_lower_the_loss(tmp_path):
-    opts = ["train.iterations=20", "train.log_period=1", "train.checkpoint_period=20",
-            "train.images_per_batch=2", "train.schedule.warmup_iters=2", "train.schedule.steps=[19]",
-            "optim.lr=2e-4", "data.workers=1", "backbone.img_size=192", "data.canvas=192",
-            "backbone.window_size=4", "test.images_per_batch=4"]  # fmt: skip
+    opts = [
+        "train.iterations=20",
+        "train.log_period=1",
+        "train.checkpoint_period=20",
+        "train.images_per_batch=2",
+        "train.schedule.warmup_iters=2",
+        "train.schedule.steps=[19]",
+        "optim.lr=2e-4",
+        "data.workers=1",
+        "backbone.img_size=192",
+        "data.canvas=192",
+        "backbone.window_size=4",
+        "test.images_per_batch=4",
+    ]
     out = tmp_path / "sample"
     run(cli(out, opts, "--data-root", str(SAMPLE)))
     losses = [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]

@@ -7,16 +7,29 @@ import sys
 import pytest
 from conftest import RUN_BENCH
 
+from benchmarks.tasks import TASKS
 from results.collect import main, read_runs
 
 
-def write_run(root, name, task, backbone, arch, pretrain, protocol, metrics, seed=0, preset="paper",
-              provenance="paper"):  # fmt: skip
+def write_run(
+    root, name, task, backbone, arch, pretrain, protocol, metrics, seed=0, preset="paper", provenance="paper"
+):
     """A run folder's metrics.json as the runner writes it (the fields the collector reads)."""
     folder = root / name
     folder.mkdir(parents=True)
-    record = {"task": task, "backbone": backbone, "arch": arch, "pretrain": pretrain, "provenance": provenance,
-              "protocol": protocol, "preset": preset, "seed": seed, "metrics": metrics}  # fmt: skip
+    record = {
+        "task": task,
+        "backbone": backbone,
+        "arch": arch,
+        "pretrain": pretrain,
+        "provenance": provenance,
+        "protocol": protocol,
+        "preset": preset,
+        "seed": seed,
+        "metrics": metrics,
+    }
+    if task in TASKS:  # what the runner records of the task's metrics; a task the suite lacks has none
+        record |= {"kind": TASKS[task].kind, "metric_info": [m.to_json() for m in TASKS[task].metrics]}
     (folder / "metrics.json").write_text(json.dumps(record))
     return folder
 
@@ -28,8 +41,17 @@ def runs(tmp_path):
     write_run(
         r, "b", "coco_det", "mae_vit_b", "vit_base", "mae", "mae_paper", {"box_AP": 51.0, "mask_AP": 45.0}, seed=1
     )
-    write_run(r, "c", "coco_det", "sup_vit_l", "vit_large", "supervised_in1k", "mae_paper",
-              {"box_AP": 49.0, "mask_AP": 43.5}, provenance="stand-in: DeiT III")  # fmt: skip
+    write_run(
+        r,
+        "c",
+        "coco_det",
+        "sup_vit_l",
+        "vit_large",
+        "supervised_in1k",
+        "mae_paper",
+        {"box_AP": 49.0, "mask_AP": 43.5},
+        provenance="stand-in: DeiT III",
+    )
     write_run(
         r, "d", "ade20k_seg", "mae_vit_b", "vit_base", "mae", "upernet", {"mIoU": 48.0, "mAcc": 59.0, "aAcc": 83.0}
     )
@@ -53,7 +75,7 @@ def test_paper_layout_with_seeds_stand_ins_and_skipped(runs, capsys):
     assert "48.0" in table5 and "48.1 [MAE Table 5]" in table5
     skipped = out.split("## Skipped")[1]
     assert "running: no metrics.json" in skipped and "broken: unreadable metrics.json" in skipped
-    assert "other: unknown task 'keypoints'" in skipped
+    assert "other: keypoints: metrics.json declares no metric_info" in skipped
 
 
 @pytest.mark.parametrize("fmt, marker", [("csv", ","), ("latex", "\\begin{tabular}"), ("html", "<table")])
@@ -89,11 +111,21 @@ def test_only_runs_that_differ_in_the_seed_are_averaged(tmp_path, capsys):
     for name, protocol, seed, box, extra in [
         ("cpu0", "vitdet", 0, 30.0, {"dataset": "datasets/synthetic_coco", "iterations": 400, "config_digest": "aaa"}),
         ("cpu1", "vitdet", 1, 32.0, {"dataset": "datasets/synthetic_coco", "iterations": 400, "config_digest": "aaa"}),
-        ("sample", "vitdet", 0, 0.5, {"dataset": "../shared/data/coco_sample", "iterations": 2,
-                                      "config_digest": "bbb"}),
-        ("paper", "mae_paper", 0, 10.0, {"dataset": "datasets/synthetic_coco", "iterations": 400,
-                                         "config_digest": "ccc"}),
-    ]:  # fmt: skip
+        (
+            "sample",
+            "vitdet",
+            0,
+            0.5,
+            {"dataset": "../shared/data/coco_sample", "iterations": 2, "config_digest": "bbb"},
+        ),
+        (
+            "paper",
+            "mae_paper",
+            0,
+            10.0,
+            {"dataset": "datasets/synthetic_coco", "iterations": 400, "config_digest": "ccc"},
+        ),
+    ]:
         folder = write_run(r, name, protocol=protocol, seed=seed, metrics={"box_AP": box, "mask_AP": box}, **common)
         record = json.loads((folder / "metrics.json").read_text()) | extra
         (folder / "metrics.json").write_text(json.dumps(record))
@@ -111,8 +143,9 @@ def test_only_runs_that_differ_in_the_seed_are_averaged(tmp_path, capsys):
 def test_a_re_evaluation_is_not_a_second_seed(tmp_path, capsys):
     r = tmp_path / "runs"
     write_run(r, "run", "coco_det", "mae_vit_b", "vit_base", "mae", "vitdet", {"box_AP": 50.0, "mask_AP": 44.0})
-    again = write_run(r / "run", "eval-1", "coco_det", "mae_vit_b", "vit_base", "mae", "vitdet",
-                      {"box_AP": 40.0, "mask_AP": 34.0})  # fmt: skip
+    again = write_run(
+        r / "run", "eval-1", "coco_det", "mae_vit_b", "vit_base", "mae", "vitdet", {"box_AP": 40.0, "mask_AP": 34.0}
+    )
     record = json.loads((again / "metrics.json").read_text()) | {"evaluation_of": str(r / "run")}
     (again / "metrics.json").write_text(json.dumps(record))
     assert main([str(r)]) == 0
@@ -131,22 +164,44 @@ def test_missing_folder_and_missing_baseline_exit_2(tmp_path, capsys):
 def test_empty_folder_still_reports(tmp_path, capsys):
     assert main([str(tmp_path)]) == 0
     assert "no finished runs" in capsys.readouterr().out
-    assert read_runs(tmp_path)[0].empty
+    assert read_runs(tmp_path).df.empty
 
 
 def test_an_lr_off_by_100x_fails_the_check(tmp_path):
     """Two real CPU runs of the shrunk ADE20K preset: the baseline, then lr / 100 (too small to learn in 30 its)."""
-    opts = ["backbone.img_size=64", "data.crop=64", "data.scale=[256,64]", "test.crop=64", "test.stride=40",
-            "test.scale=[256,64]", f"data.synthetic.root={tmp_path / 'syn'}", "data.synthetic.num_train=16",
-            "data.synthetic.num_val=4", "data.workers=0", "train.iterations=30", "train.checkpoint_period=30",
-            "train.log_period=10", "train.images_per_batch=4", "train.schedule.warmup_iters=5",
-            "train.schedule.poly_begin=5"]  # fmt: skip
-    base = [sys.executable, RUN_BENCH, "--task", "ade20k_seg", "--backbone", "random_vit_tiny", "--preset", "cpu",
-            "--device", "cpu"]  # fmt: skip
+    opts = [
+        "backbone.img_size=64",
+        "data.crop=64",
+        "data.scale=[256,64]",
+        "test.crop=64",
+        "test.stride=40",
+        "test.scale=[256,64]",
+        f"data.synthetic.root={tmp_path / 'syn'}",
+        "data.synthetic.num_train=16",
+        "data.synthetic.num_val=4",
+        "data.workers=0",
+        "train.iterations=30",
+        "train.checkpoint_period=30",
+        "train.log_period=10",
+        "train.images_per_batch=4",
+        "train.schedule.warmup_iters=5",
+        "train.schedule.poly_begin=5",
+    ]
+    base = [
+        sys.executable,
+        RUN_BENCH,
+        "--task",
+        "ade20k_seg",
+        "--backbone",
+        "random_vit_tiny",
+        "--preset",
+        "cpu",
+        "--device",
+        "cpu",
+    ]
     good, bad = tmp_path / "good" / "run", tmp_path / "bad" / "run"
     subprocess.run([*base, "--output-dir", str(good), "--opts", *opts], check=True, capture_output=True)
-    subprocess.run([*base, "--output-dir", str(bad), "--opts", *opts, "optim.lr=4e-6"], check=True,
-                   capture_output=True)  # fmt: skip
+    subprocess.run([*base, "--output-dir", str(bad), "--opts", *opts, "optim.lr=4e-6"], check=True, capture_output=True)
     baseline = tmp_path / "cpu.json"
     assert main([str(good.parent), "--update-baseline", str(baseline), "--out", str(tmp_path / "t.md")]) == 0
     assert main([str(good.parent), "--check", str(baseline), "--out", str(tmp_path / "t.md")]) == 0

@@ -19,16 +19,17 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image, project
 from torchvision.ops.poolers import LevelMapper
 
 from backbones import CheckpointError, LoadReport, read_checkpoint
-from benchmarks.coco.detectron2_ops import (
+from benchmarks.tasks.coco_det.detectron2_ops import (
     CellAnchorGenerator,
     DetectronLevelMapper,
     FP32BoxCoder,
     ProposalNetwork,
+    TorchvisionProposalNetwork,
     aligned_mask_targets,
     fastrcnn_loss,
     paste_masks_grid_sample,
 )
-from benchmarks.coco.transforms import resize_shortest_edge, shortest_edge_size
+from benchmarks.tasks.coco_det.transforms import resize_like_detectron2, resize_like_torchvision, shortest_edge_size
 
 FIXTURE = ROOT.parent / "shared" / "reference" / "parity" / "detectron2_vitdet"
 COCO_SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
@@ -77,14 +78,14 @@ def test_pkl_asking_for_another_global_is_refused_and_never_run(tmp_path):
 
 
 def fixture_model(opts=()):
-    from benchmarks.coco.parity import build_reference_model
+    from benchmarks.tasks.coco_det.parity import build_reference_model
 
     return build_reference_model(FIXTURE, json.loads((FIXTURE / "meta.json").read_text()), opts)
 
 
 @needs_fixture
 def test_every_key_of_the_detectron2_fixture_is_mapped_with_the_class_layout_turned():
-    from benchmarks.coco.task import CocoDetection
+    from benchmarks.tasks.coco_det.task import CocoDetection
 
     load_foreign_checkpoint = CocoDetection().load_foreign_checkpoint
 
@@ -105,7 +106,7 @@ def test_every_key_of_the_detectron2_fixture_is_mapped_with_the_class_layout_tur
 
 @needs_fixture
 def test_an_unexplained_key_and_wrong_pixel_stats_are_errors_naming_them():
-    from benchmarks.coco.task import CocoDetection
+    from benchmarks.tasks.coco_det.task import CocoDetection
 
     load_foreign_checkpoint = CocoDetection().load_foreign_checkpoint
 
@@ -126,8 +127,9 @@ def test_an_unexplained_key_and_wrong_pixel_stats_are_errors_naming_them():
 
 @needs_fixture
 def test_parity_harness_passes_every_stage_of_the_shared_fixture():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.parity", str(FIXTURE)], capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tools.parity", str(FIXTURE)], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     n = last.split()[1].split("/")[1]
@@ -138,7 +140,7 @@ def test_parity_harness_passes_every_stage_of_the_shared_fixture():
 
 @needs_fixture
 def test_parity_harness_fails_on_torchvision_anchors():
-    from benchmarks.parity import main
+    from benchmarks.tools.parity import main
 
     assert main([str(FIXTURE), "--opts", "model.ops.anchors=torchvision"]) == 1
 
@@ -191,8 +193,10 @@ def test_level_mapper_puts_the_epsilon_inside_the_log():
 
 
 def rpn(impl):
-    return ProposalNetwork(None, None, 0.7, 0.3, 256, 0.5, {"training": 10, "testing": 10},
-                           {"training": 10, "testing": 10}, 0.7, impl=impl)  # fmt: skip
+    network = {"detectron2": ProposalNetwork, "torchvision": TorchvisionProposalNetwork}[impl]
+    return network(
+        None, None, 0.7, 0.3, 256, 0.5, {"training": 10, "testing": 10}, {"training": 10, "testing": 10}, 0.7
+    )
 
 
 def test_rpn_nms_runs_on_logits_and_keeps_tiny_boxes():
@@ -226,18 +230,21 @@ def test_heads_are_initialised_as_detectron2():
     assert abs(model.roi_heads.box_predictor.bbox_pred.weight.std().item() - 0.001) < 0.0001
     assert abs(model.roi_heads.mask_predictor.mask_fcn_logits.weight.std().item() - 0.001) < 0.0001
     assert (model.roi_heads.box_predictor.cls_score.bias == 0).all()
-    tv, _ = detector("vitdet_vit_b.yaml", "random_vit_tiny",
-                     ["backbone.img_size=128", "data.canvas=128", "model.ops.init=torchvision"])  # fmt: skip
+    tv, _ = detector(
+        "vitdet_vit_b.yaml",
+        "random_vit_tiny",
+        ["backbone.img_size=128", "data.canvas=128", "model.ops.init=torchvision"],
+    )
     assert tv.roi_heads.box_predictor.bbox_pred.weight.std().item() > 0.01  # PyTorch's Linear default
 
 
 def test_test_resize_rounds_and_uses_pil_bilinear():
     assert shortest_edge_size(427, 640, 256, 256) == (171, 256)  # 170.8: rounded, torchvision floors to 170
     image = (torch.rand(3, 427, 640) * 255).to(torch.uint8)
-    ours = resize_shortest_edge(image, 256, 256)
+    ours = resize_like_detectron2(image, 256, 256)
     pil = np.asarray(Image.fromarray(image.permute(1, 2, 0).numpy()).resize((256, 171), Image.BILINEAR))
     assert ours.dtype == torch.uint8 and torch.equal(ours, torch.from_numpy(pil.copy()).permute(2, 0, 1))
-    assert resize_shortest_edge(image, 256, 256, "torchvision").shape == (3, 170, 256)
+    assert resize_like_torchvision(image, 256, 256).shape == (3, 170, 256)
 
 
 # ---------------------------------------------------------------------------------------------- eval-only
@@ -246,10 +253,11 @@ def test_test_resize_rounds_and_uses_pil_bilinear():
 @needs_fixture
 @pytest.mark.skipif(not COCO_SAMPLE.is_dir(), reason="../shared/data/coco_sample is not here")
 def test_eval_only_with_a_detectron2_pkl_on_the_real_coco_sample(tmp_path):
-    from benchmarks.coco.parity import apply_meta
+    from benchmarks.tasks.coco_det.parity import apply_meta
 
-    record, report, out = eval_only_on_fixture("coco_det", FIXTURE, apply_meta, "model_final.pkl", COCO_SAMPLE,
-                                               tmp_path)  # fmt: skip
+    record, report, out = eval_only_on_fixture(
+        "coco_det", FIXTURE, apply_meta, "model_final.pkl", COCO_SAMPLE, tmp_path
+    )
     assert 0 <= record["metrics"]["box_AP"] < 5  # random weights: the path is the point
     assert report["converter"] == "detectron2" and report["unused"] == {} and not report["new"]
     assert len(json.loads((out / "coco_results.json").read_text())) > 0
@@ -277,16 +285,20 @@ def test_released_model_downloads_once_verified_and_offline_says_where(tmp_path,
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
     served = write_pkl(tmp_path / "model_final_abc.pkl", {"model": {"w": np.zeros(2, np.float32)}})
     md5 = hashlib.md5(served.read_bytes()).hexdigest()[:6]
-    release = dataclasses.replace(checkpoints.released_models()["vitdet_mask_rcnn_vit_b"], url=served.as_uri(),
-                                  file="model_final_abc.pkl", checksum=f"md5:{md5}")  # fmt: skip
+    release = dataclasses.replace(
+        checkpoints.released_models()["vitdet_mask_rcnn_vit_b"],
+        url=served.as_uri(),
+        file="model_final_abc.pkl",
+        checksum=f"md5:{md5}",
+    )
     monkeypatch.setattr(checkpoints, "released_models", lambda: {release.name: release})
-    path, info, found = checkpoints.resolve_checkpoint(release.name)
+    path, info, found = checkpoints.resolve_checkpoint(release.name, "coco_det")
     assert path == tmp_path / "home" / "hub" / "checkpoints" / "model_final_abc.pkl" and info["verified"]
     assert found is release and info["published"] == {"box_AP": 51.6, "mask_AP": 45.9}
     offline = dataclasses.replace(release, url=(tmp_path / "gone.pkl").as_uri(), file="model_final_61ccd1.pkl")
     monkeypatch.setattr(checkpoints, "released_models", lambda: {offline.name: offline})
     with pytest.raises(CheckpointError) as err:
-        checkpoints.resolve_checkpoint(offline.name)
+        checkpoints.resolve_checkpoint(offline.name, "coco_det")
     assert str(tmp_path / "home" / "hub" / "checkpoints" / "model_final_61ccd1.pkl") in str(err.value)
 
 
@@ -295,10 +307,24 @@ def test_collector_tables_released_weights_beside_the_published_numbers(tmp_path
 
     run = tmp_path / "runs" / "released"
     run.mkdir(parents=True)
-    record = {"task": "coco_det", "backbone": "mae_vit_b", "arch": "vit_base", "pretrain": "mae", "provenance": "paper",
-              "protocol": "vitdet", "preset": "paper", "seed": 0, "metrics": {"box_AP": 51.5, "mask_AP": 45.9},
-              "checkpoint": {"released": "vitdet_mask_rcnn_vit_b", "published": {"box_AP": 51.6, "mask_AP": 45.9},
-                             "source": "detectron2 projects/ViTDet/README.md"}}  # fmt: skip
+    record = {
+        "task": "coco_det",
+        "backbone": "mae_vit_b",
+        "arch": "vit_base",
+        "pretrain": "mae",
+        "provenance": "paper",
+        "protocol": "vitdet",
+        "preset": "paper",
+        "seed": 0,
+        "metrics": {"box_AP": 51.5, "mask_AP": 45.9},
+        "kind": "transfer",
+        "metric_info": [{"name": "box_AP", "label": "APbox", "higher_is_better": True, "headline": True}],
+        "checkpoint": {
+            "released": "vitdet_mask_rcnn_vit_b",
+            "published": {"box_AP": 51.6, "mask_AP": 45.9},
+            "source": "detectron2 projects/ViTDet/README.md",
+        },
+    }
     (run / "metrics.json").write_text(json.dumps(record))
     assert main([str(tmp_path / "runs"), "--paper"]) == 0
     out = capsys.readouterr().out

@@ -14,11 +14,12 @@ from torch import nn
 
 from backbones import CheckpointError, VisionTransformer
 from benchmarks.config import ConfigError, apply_overrides
-from benchmarks.engine import trainer
+from benchmarks.engine import checkpoint
+from benchmarks.engine.checkpoint import find_resume_checkpoint, load_training_checkpoint
 from benchmarks.engine.data import InfiniteSeededSampler
 from benchmarks.engine.distributed import DistInfo
 from benchmarks.engine.schedule import lr_factor
-from benchmarks.engine.trainer import NonFiniteLoss, find_resume_checkpoint, load_training_checkpoint, train
+from benchmarks.engine.trainer import NonFiniteLoss, train
 
 
 def sched(**kw):
@@ -95,11 +96,31 @@ def tiny_train_config(iterations: int, checkpoint_period: int):
     return OmegaConf.create(
         {
             "data": {"workers": 0},
-            "optim": {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0, "layer_decay": 1.0, "wd_policy": "mae"},
-            "train": {"seed": 0, "iterations": iterations, "images_per_batch": 2, "log_period": 1,
-                      "checkpoint_period": checkpoint_period, "schedule": {"name": "constant"}},
+            "optim": {
+                "name": "adamw",
+                "lr": 1e-3,
+                "betas": [0.9, 0.999],
+                "weight_decay": 0.0,
+                "layer_decay": 1.0,
+                "wd_policy": "mae",
+                "clip_grad": None,
+            },
+            "train": {
+                "seed": 0,
+                "iterations": iterations,
+                "images_per_batch": 2,
+                "accumulate": 1,
+                "log_period": 1,
+                "checkpoint_period": checkpoint_period,
+                "eval_period": 0,
+                "schedule": {"name": "constant"},
+                "amp": None,
+                "amp_cpu": False,
+                "sync_bn": True,
+                "find_unused_parameters": False,
+            },
         }
-    )  # fmt: skip
+    )
 
 
 def test_non_finite_loss_stops_with_iteration_terms_and_checkpoint(tmp_path: Path):
@@ -146,10 +167,10 @@ def test_a_kill_inside_the_save_keeps_the_last_checkpoint(tmp_path: Path, monkey
             raise KeyboardInterrupt  # stands in for SIGKILL: nothing after this line runs
         real_save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(trainer.torch, "save", dying_save)
+    monkeypatch.setattr(checkpoint.torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, wrapped, model, Images(), tmp_path, DistInfo())
-    monkeypatch.setattr(trainer.torch, "save", real_save)
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
     resume = find_resume_checkpoint(tmp_path)
     assert resume == tmp_path / "last_checkpoint.pth"
     assert torch.load(resume, weights_only=True)["iteration"] == 2
@@ -169,7 +190,7 @@ def test_resume_never_restarts_from_zero_over_a_longer_log(tmp_path: Path):
 def test_checkpoints_get_the_umask_mode_not_0600(tmp_path: Path):
     old = os.umask(0o022)
     try:
-        trainer.save_atomic({"x": torch.zeros(1)}, tmp_path / "c.pth")
+        checkpoint.save_atomic({"x": torch.zeros(1)}, tmp_path / "c.pth")
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "c.pth").stat().st_mode) == 0o644  # group and others can read it

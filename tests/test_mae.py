@@ -12,12 +12,13 @@ from PIL import Image
 
 from backbones import get_spec, load_pretrained
 from backbones.vit import VisionTransformer
-from benchmarks.datasets import DatasetError
-from benchmarks.mae.data import ImageFolder, pretrain_transform
-from benchmarks.mae.export import export, load_full, official_state_dict
-from benchmarks.mae.masking import make_masking, num_visible
-from benchmarks.mae.model import MaskedAutoencoder, masked_mse, patchify, sincos_pos_embed, unpatchify
-from benchmarks.mae.visualize import maskings, save_grid
+from benchmarks.common.datasets import DatasetError
+from benchmarks.common.image_folder import ImageFolder
+from benchmarks.tasks.mae_pretrain.data import pretrain_transform
+from benchmarks.tasks.mae_pretrain.export import export, load_full, official_state_dict
+from benchmarks.tasks.mae_pretrain.masking import make_masking, num_visible
+from benchmarks.tasks.mae_pretrain.model import MaskedAutoencoder, masked_mse, patchify, sincos_pos_embed, unpatchify
+from benchmarks.tasks.mae_pretrain.visualize import maskings, save_grid
 
 TINY = {"embed_dim": 64, "depth": 2, "num_heads": 2, "patch_size": 16, "img_size": 64}  # 4x4 patches
 
@@ -27,8 +28,10 @@ def tiny_mae(**kw) -> MaskedAutoencoder:
     return MaskedAutoencoder(VisionTransformer(**TINY), decoder_dim=32, decoder_depth=1, decoder_heads=2, **kw)
 
 
-@pytest.mark.parametrize("strategy, ratio", [("random", 0.75), ("random", 0.5), ("random", 0.9), ("block", 0.5),
-                                             ("block", 0.75), ("grid", 0.75)])  # fmt: skip
+@pytest.mark.parametrize(
+    "strategy, ratio",
+    [("random", 0.75), ("random", 0.5), ("random", 0.9), ("block", 0.5), ("block", 0.75), ("grid", 0.75)],
+)
 def test_masking_keeps_exactly_and_restores_order(strategy, ratio):
     grid, n = (14, 14), 6
     m = make_masking(strategy, n, grid, ratio, torch.Generator().manual_seed(1))
@@ -116,8 +119,9 @@ def test_export_loads_through_the_mae_converter_with_nothing_unused_or_new(tmp_p
     )
 
     spec = get_spec("mae_vit_tiny")
-    spec = type(spec)(**{**spec.__dict__, "arch_kwargs": {k: TINY[k] for k in ("embed_dim", "depth", "num_heads",
-                                                                               "patch_size")}})  # fmt: skip
+    spec = type(spec)(
+        **{**spec.__dict__, "arch_kwargs": {k: TINY[k] for k in ("embed_dim", "depth", "num_heads", "patch_size")}}
+    )
     encoder = VisionTransformer(**TINY)
     report = load_pretrained(encoder, spec, encoder_file)
     assert report.new == {} and report.unused == {} and report.resized == {}
@@ -172,10 +176,31 @@ def test_cli_pretrains_on_an_image_folder_exports_and_visualizes(tmp_path):
     write_images(tmp_path / "inet" / "train" / "a", 8)
     write_images(tmp_path / "inet" / "val" / "a", 4)
     out = tmp_path / "run"
-    cmd = [sys.executable, RUN_BENCH, "--task", "mae_pretrain", "--backbone", "random_vit_tiny", "--preset", "cpu",
-           "--device", "cpu", "--data-root", str(tmp_path / "inet"), "--output-dir", str(out), "--opts",
-           "train.epochs=2", "train.warmup_epochs=1", "train.images_per_batch=4", "backbone.img_size=64",
-           "data.crop=64", "data.workers=0", "test.images=4", "test.images_per_batch=4"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        RUN_BENCH,
+        "--task",
+        "mae_pretrain",
+        "--backbone",
+        "random_vit_tiny",
+        "--preset",
+        "cpu",
+        "--device",
+        "cpu",
+        "--data-root",
+        str(tmp_path / "inet"),
+        "--output-dir",
+        str(out),
+        "--opts",
+        "train.epochs=2",
+        "train.warmup_epochs=1",
+        "train.images_per_batch=4",
+        "backbone.img_size=64",
+        "data.crop=64",
+        "data.workers=0",
+        "test.images=4",
+        "test.images_per_batch=4",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -185,8 +210,9 @@ def test_cli_pretrains_on_an_image_folder_exports_and_visualizes(tmp_path):
     assert "iterations: 4" in config and "lr: 3.125e-05" in config  # blr 2e-3 x 4 / 256 (the CPU preset's blr)
     assert (out / "mae_pretrain_vit_tiny.pth").exists() and (out / "mae_pretrain_vit_tiny_full.pth").exists()
     records = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
-    vis = subprocess.run(cmd[:cmd.index("--opts")] + ["--visualize"] + cmd[cmd.index("--opts"):],
-                         capture_output=True, text=True)  # fmt: skip
+    vis = subprocess.run(
+        cmd[: cmd.index("--opts")] + ["--visualize"] + cmd[cmd.index("--opts") :], capture_output=True, text=True
+    )
     assert vis.returncode == 0, vis.stderr[-2000:]
     (folder,) = out.glob("visualize-*")  # the finished run's own files are left as they were
     assert (folder / "reconstructions.png").exists() and json.loads((folder / "run.json").read_text())["of_run"]
@@ -194,8 +220,24 @@ def test_cli_pretrains_on_an_image_folder_exports_and_visualizes(tmp_path):
 
 
 def test_speed_benchmark_prints_the_ratio_last():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.speed", "mae", "--arch", "vit_tiny", "--batch", "2",
-                           "--repeats", "1", "--img-size", "64"], capture_output=True, text=True)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.tools.speed",
+            "mae",
+            "--arch",
+            "vit_tiny",
+            "--batch",
+            "2",
+            "--repeats",
+            "1",
+            "--img-size",
+            "64",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("speedup: ") and float(last.split()[1]) > 0

@@ -14,9 +14,9 @@ from omegaconf import OmegaConf
 
 from backbones import get_spec, load_pretrained
 from backbones.vit import VisionTransformer
-from benchmarks.datasets import dataset_root
+from benchmarks.common.datasets import dataset_root
 from benchmarks.engine.distributed import DistInfo
-from benchmarks.miniature import Step, run_steps, steps
+from benchmarks.tools.miniature import Step, run_steps, steps
 
 COCO_SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
 
@@ -25,8 +25,9 @@ def test_plan_pretrains_first_and_fine_tunes_each_row_on_both_tasks(tmp_path):
     plan = steps(tmp_path, pretrain_opts=["model.mask_ratio=0.5"], seed=3)
     names = [s.folder.relative_to(tmp_path).as_posix() for s in plan]
     assert names[:2] == ["mae_pretrain", "sup_pretrain"] and len(plan) == 8
-    assert {f"{t}/{b}" for t in ("coco_det", "ade20k_seg") for b in ("random_vit_tiny", "sup_vit_tiny", "mae_vit_tiny")
-            } == set(names[2:])  # fmt: skip
+    assert {
+        f"{t}/{b}" for t in ("coco_det", "ade20k_seg") for b in ("random_vit_tiny", "sup_vit_tiny", "mae_vit_tiny")
+    } == set(names[2:])
     by_name = dict(zip(names, plan, strict=True))
     assert by_name["coco_det/mae_vit_tiny"].after == [tmp_path / "mae_pretrain"]
     assert by_name["ade20k_seg/random_vit_tiny"].after == []
@@ -71,8 +72,12 @@ def journal_events(path: Path) -> dict[str, dict[str, float]]:
 def test_scheduler_respects_dependencies_and_the_job_limit(tmp_path):
     journal = tmp_path / "journal.txt"
     pre = FakeStep(tmp_path / "pre", journal)
-    plan = [pre, FakeStep(tmp_path / "a", journal, after=[pre.folder]), FakeStep(tmp_path / "b", journal),
-            FakeStep(tmp_path / "c", journal, after=[pre.folder])]  # fmt: skip
+    plan = [
+        pre,
+        FakeStep(tmp_path / "a", journal, after=[pre.folder]),
+        FakeStep(tmp_path / "b", journal),
+        FakeStep(tmp_path / "c", journal, after=[pre.folder]),
+    ]
     assert run_steps(plan, jobs=2, threads=1, logs=tmp_path / "logs")
     ev = journal_events(journal)
     assert set(ev) == {"pre", "a", "b", "c"} and all(s.done for s in plan)
@@ -110,8 +115,9 @@ def slow_write_synthetic(root, num_train, num_val, seed):
 
 
 def open_dataset(root: str, results) -> None:
-    cfg = OmegaConf.create({"dataset": "synthetic", "synthetic": {"root": root, "num_train": 1, "num_val": 1,
-                                                                  "seed": 0}})  # fmt: skip
+    cfg = OmegaConf.create(
+        {"dataset": "synthetic", "synthetic": {"root": root, "num_train": 1, "num_val": 1, "seed": 0}}
+    )
     got = dataset_root(cfg, None, DistInfo(), "UNUSED_ENV", "unused", slow_write_synthetic, lambda p: None)
     results.put((got / "data.txt").exists())
 
@@ -131,10 +137,29 @@ def test_side_by_side_runs_write_a_synthetic_set_once(tmp_path):
 @pytest.mark.skipif(not COCO_SAMPLE.is_dir(), reason="../shared/data/coco_sample is not here")
 def test_supervised_pretraining_on_the_coco_sample_exports_a_deit_layout_encoder(tmp_path):
     out = tmp_path / "sup"
-    cmd = [sys.executable, RUN_BENCH, "--task", "sup_pretrain", "--backbone", "random_vit_tiny",
-           "--preset", "cpu", "--device", "cpu", "--data-root", str(COCO_SAMPLE), "--output-dir", str(out),
-           "--opts", "train.iterations=3", "train.images_per_batch=8", "backbone.img_size=32", "data.crop=32",
-           "data.workers=0", "test.images_per_batch=64"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        RUN_BENCH,
+        "--task",
+        "sup_pretrain",
+        "--backbone",
+        "random_vit_tiny",
+        "--preset",
+        "cpu",
+        "--device",
+        "cpu",
+        "--data-root",
+        str(COCO_SAMPLE),
+        "--output-dir",
+        str(out),
+        "--opts",
+        "train.iterations=3",
+        "train.images_per_batch=8",
+        "backbone.img_size=32",
+        "data.crop=32",
+        "data.workers=0",
+        "test.images_per_batch=64",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 from torchvision.transforms.v2 import functional as TF
 
 from backbones import CheckpointError, LoadReport, read_checkpoint
-from benchmarks.ade20k.data import TrainPipeline, resize, scale_saturation, to_uint8
-from benchmarks.ade20k.model import pixel_loss
 from benchmarks.config import CONFIG_DIR, load_config
 from benchmarks.engine.schedule import lr_factor
+from benchmarks.tasks.ade20k_seg.data import TrainPipeline, resize, scale_saturation, to_uint8
+from benchmarks.tasks.ade20k_seg.model import pixel_loss
 
 FIXTURE = ROOT.parent / "shared" / "reference" / "parity" / "mmseg_upernet_mae"
 ADE_SAMPLE = ROOT.parent / "shared" / "data" / "ade20k_sample"
@@ -28,13 +28,13 @@ needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason="../shared/refer
 
 
 def fixture_model():
-    from benchmarks.ade20k.parity import build_reference_model
+    from benchmarks.tasks.ade20k_seg.parity import build_reference_model
 
     return build_reference_model(FIXTURE, json.loads((FIXTURE / "meta.json").read_text()))
 
 
 def load_into_fresh_model(obj):
-    from benchmarks.ade20k.task import ADE20KSegmentation
+    from benchmarks.tasks.ade20k_seg.task import ADE20KSegmentation
 
     load_foreign_checkpoint = ADE20KSegmentation().load_foreign_checkpoint
 
@@ -54,8 +54,9 @@ def test_every_key_of_the_mmseg_fixture_is_mapped():
     assert set(report.unused) == {k.removeprefix("backbone.").replace("layers.", "blocks.") for k in index_keys}
     assert len(report.loaded) + len(report.resized) == len(state) - len(index_keys) == len(model.state_dict())
     torch.testing.assert_close(model.decode_head.classifier.weight, state["decode_head.conv_seg.weight"])
-    torch.testing.assert_close(model.decode_head.ppm[2][1][1].running_var,
-                               state["decode_head.psp_modules.2.1.bn.running_var"])  # fmt: skip
+    torch.testing.assert_close(
+        model.decode_head.ppm[2][1][1].running_var, state["decode_head.psp_modules.2.1.bn.running_var"]
+    )
     torch.testing.assert_close(model.backbone.encoder.blocks[1].ls2.gamma, state["backbone.layers.1.gamma_2"])
 
 
@@ -85,8 +86,9 @@ def test_an_unexplained_mmseg_key_is_an_error_naming_it():
 
 @needs_fixture
 def test_parity_harness_passes_every_stage_of_the_mmseg_fixture():
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.parity", str(FIXTURE)], capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tools.parity", str(FIXTURE)], capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = proc.stdout.strip().splitlines()[-1]
     n = last.split()[1].split("/")[1]
@@ -177,7 +179,7 @@ def test_vit_l_upernet_takes_beit_l_values():
 @needs_fixture
 @pytest.mark.skipif(not ADE_SAMPLE.is_dir(), reason="../shared/data/ade20k_sample is not here")
 def test_eval_only_with_an_mmseg_pth_on_the_real_ade20k_sample(tmp_path):
-    from benchmarks.ade20k.parity import apply_meta
+    from benchmarks.tasks.ade20k_seg.parity import apply_meta
 
     record, report, _ = eval_only_on_fixture("ade20k_seg", FIXTURE, apply_meta, "upernet_mae.pth", ADE_SAMPLE, tmp_path)
     assert 0 <= record["metrics"]["mIoU"] < 20  # random weights: the path is the point
@@ -186,7 +188,7 @@ def test_eval_only_with_an_mmseg_pth_on_the_real_ade20k_sample(tmp_path):
 
 @pytest.mark.skipif(not ADE_SAMPLE.is_dir(), reason="../shared/data/ade20k_sample is not here")
 def test_data_root_may_name_the_adechallengedata2016_folder_itself():
-    from benchmarks.ade20k.data import ADE20K
+    from benchmarks.tasks.ade20k_seg.data import ADE20K
 
     parent, inner = ADE20K(ADE_SAMPLE, "validation"), ADE20K(ADE_SAMPLE / "ADEChallengeData2016", "validation")
     assert inner.images == parent.images and len(parent) > 0

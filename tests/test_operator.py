@@ -17,17 +17,29 @@ TINY_VIT = L.Size(dim=192, depth=12, heads=3)  # vit_tiny, the size of the mae_v
 
 
 def bench(*args, cwd, check=True):
-    proc = subprocess.run([sys.executable, str(ROOT / RUN_BENCH), *args], cwd=cwd, capture_output=True,
-                          text=True)  # fmt: skip
+    proc = subprocess.run([sys.executable, str(ROOT / RUN_BENCH), *args], cwd=cwd, capture_output=True, text=True)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 def coco(out, weights, *extra, opts=()):
-    return ["--task", "coco_det", "--backbone", "mae_vit_tiny", "--preset", "cpu", "--device", "cpu",
-            "--output-dir", str(out), *(["--weights", str(weights)] if weights else []), *extra,
-            "--opts", *opts]  # fmt: skip
+    return [
+        "--task",
+        "coco_det",
+        "--backbone",
+        "mae_vit_tiny",
+        "--preset",
+        "cpu",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        *(["--weights", str(weights)] if weights else []),
+        *extra,
+        "--opts",
+        *opts,
+    ]
 
 
 def files_of(folder):
@@ -71,8 +83,16 @@ def test_periodic_evaluation_goes_into_the_train_log(finished):
 def test_log_and_tensorboard_hold_what_a_cluster_user_needs(finished):
     out = finished["out"]
     log = (out / "log.txt").read_text()
-    for needle in ("command: run_bench.py --task coco_det", '"torch": "', "load report:", "s/it", "data ",
-                   "eta ", "trained 2 iterations in", "wrote"):  # fmt: skip
+    for needle in (
+        "command: run_bench.py --task coco_det",
+        '"torch": "',
+        "load report:",
+        "s/it",
+        "data ",
+        "eta ",
+        "trained 2 iterations in",
+        "wrote",
+    ):
         assert needle in log, needle
     assert "\r" not in finished["stderr"] and "it/s]" not in finished["stderr"]  # no bar off a terminal
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -97,8 +117,21 @@ def test_side_commands_never_change_a_finished_run(finished):
     assert record["evaluation_of"] == str(out) and record["iterations"] == 4
     saved = (evals[0] / "config.yaml").read_text()
     assert "iterations: 4" in saved and "images_per_batch: 1" in saved  # the run's config, with the eval's opts
-    other = bench("--task", "coco_det", "--backbone", "random_vit_small", "--preset", "cpu", "--device", "cpu",
-                  "--output-dir", str(out), "--eval-only", cwd=tmp, check=False)  # fmt: skip
+    other = bench(
+        "--task",
+        "coco_det",
+        "--backbone",
+        "random_vit_small",
+        "--preset",
+        "cpu",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--eval-only",
+        cwd=tmp,
+        check=False,
+    )
     assert other.returncode == 2 and "is a run of --backbone mae_vit_tiny" in other.stderr
     changed = bench(*coco(out, None, "--resume", opts=[*opts, "optim.lr=1.0"]), cwd=tmp, check=False)
     assert changed.returncode == 2 and "optim.lr" in changed.stderr and "differs from" in changed.stderr
@@ -134,17 +167,33 @@ def coco_without_categories(root):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (lambda t: ["--backbone", "mae_vit_b", "--weights", write_bytes(t / "w.pth", bytes(range(256)) * 4),
-                    "--dry-run"], "not a checkpoint: it is not a known checkpoint format"),  # fmt: skip
-        (lambda t: ["--backbone", "random_vit_tiny", "--data-root", coco_without_categories(t / "coco")],
-         "has no 'categories' list"),
+        (
+            lambda t: [
+                "--backbone",
+                "mae_vit_b",
+                "--weights",
+                write_bytes(t / "w.pth", bytes(range(256)) * 4),
+                "--dry-run",
+            ],
+            "not a checkpoint: it is not a known checkpoint format",
+        ),
+        (
+            lambda t: ["--backbone", "random_vit_tiny", "--data-root", coco_without_categories(t / "coco")],
+            "has no 'categories' list",
+        ),
         (lambda t: ["--backbone", "random_vit_tiny", "--device", "gpu0", "--dry-run"], "expected cpu, cuda or cuda:N"),
-        (lambda t: ["--backbone", "random_vit_tiny", "--dry-run", "--opts", "model.neck=fpn"],
-         "model.neck must be simple_pyramid or multiscale_taps"),
-        (lambda t: ["--backbone", "random_vit_tiny", "--dry-run", "--opts", "train.amp=fp8"],
-         "train.amp='fp8': expected one of"),
-        (lambda t: ["--backbone", "random_vit_tiny", "--dry-run", "--opts", "trian.iterations=2"],
-         "did you mean train?"),
+        (
+            lambda t: ["--backbone", "random_vit_tiny", "--dry-run", "--opts", "model.neck=fpn"],
+            "model.neck must be simple_pyramid or multiscale_taps",
+        ),
+        (
+            lambda t: ["--backbone", "random_vit_tiny", "--dry-run", "--opts", "train.amp=fp8"],
+            "train.amp='fp8': expected one of",
+        ),
+        (
+            lambda t: ["--backbone", "random_vit_tiny", "--dry-run", "--opts", "trian.iterations=2"],
+            "did you mean train?",
+        ),
         (lambda t: ["--backbone", "random_vit_tiny", "--resume"], "--resume continues the run in --output-dir"),
         (lambda t: ["--backbone", "random_vit_tiny", "--preset", "vitdet_vit_b"], "invalid choice: 'vitdet_vit_b'"),
     ],
@@ -161,8 +210,19 @@ def test_each_mistake_gets_one_line_naming_it(tmp_path, args, message):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no GPU is visible")
 def test_device_cuda_without_a_gpu(tmp_path):
-    proc = bench("--task", "coco_det", "--backbone", "random_vit_tiny", "--device", "cuda", "--dry-run",
-                 "--output-dir", str(tmp_path / "o"), cwd=tmp_path, check=False)  # fmt: skip
+    proc = bench(
+        "--task",
+        "coco_det",
+        "--backbone",
+        "random_vit_tiny",
+        "--device",
+        "cuda",
+        "--dry-run",
+        "--output-dir",
+        str(tmp_path / "o"),
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2 and "no CUDA GPU is visible" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -184,10 +244,27 @@ def test_submitit_is_in_the_range_its_internals_were_tested_with():
 
 def test_a_failure_reaches_log_txt_with_its_traceback(tmp_path):
     out = tmp_path / "out"
-    proc = bench("--task", "ade20k_seg", "--backbone", "random_vit_tiny", "--preset", "cpu", "--device", "cpu",
-                 "--output-dir", str(out), "--opts", f"data.synthetic.root={tmp_path / 'syn'}",
-                 "data.synthetic.num_train=2", "data.synthetic.num_val=1", "train.iterations=1",
-                 "train.schedule.name=linear", "data.workers=0", cwd=tmp_path, check=False)  # fmt: skip
+    proc = bench(
+        "--task",
+        "ade20k_seg",
+        "--backbone",
+        "random_vit_tiny",
+        "--preset",
+        "cpu",
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(out),
+        "--opts",
+        f"data.synthetic.root={tmp_path / 'syn'}",
+        "data.synthetic.num_train=2",
+        "data.synthetic.num_val=1",
+        "train.iterations=1",
+        "train.schedule.name=linear",
+        "data.workers=0",
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2 and "train.schedule.name must be" in proc.stderr
     log = (out / "log.txt").read_text()
     assert "run failed" in log and "Traceback" in log and "train.schedule.name must be" in log

@@ -1,2 +1,3 @@
-"""Pieces several tasks share: the COCO-format reader (detection, the supervised object crops), the
-synthetic COCO-format set (detection, pretraining offline) and the pixel normalisation."""
+"""Pieces several tasks share, so that no task imports another: dataset roots and the synthetic-set lock
+(``datasets``), the COCO-format reader and synthetic COCO set, image folders, the pixel normalisation,
+the classifier head, the necks' parts, and the parity harnesses' comparisons."""

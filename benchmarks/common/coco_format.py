@@ -21,8 +21,8 @@ from pycocotools import mask as mask_utils
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode, decode_image
 
-from ..datasets import DatasetError, dataset_root
 from ..engine.distributed import DistInfo
+from .datasets import DatasetError, dataset_root
 from .synthetic_coco import write_synthetic_coco
 
 COCO_HELP = """expected COCO 2017 layout under {root}:
@@ -47,8 +47,15 @@ def check_layout(root: Path, splits: list[str]) -> None:
 def coco_root(cfg, data_root: str | None, info: DistInfo) -> Path:
     """``--data-root`` wins; else the preset's dataset: real COCO ($COCO_ROOT, datasets/coco) or synthetic."""
     splits = [cfg.data.train_split, cfg.data.test_split]
-    return dataset_root(cfg.data, data_root, info, "COCO_ROOT", "datasets/coco", write_synthetic_coco,
-                        lambda root: check_layout(root, splits))  # fmt: skip
+    return dataset_root(
+        cfg.data,
+        data_root,
+        info,
+        "COCO_ROOT",
+        "datasets/coco",
+        write_synthetic_coco,
+        lambda root: check_layout(root, splits),
+    )
 
 
 def num_classes(cfg, root: Path | None) -> int:
@@ -56,10 +63,15 @@ def num_classes(cfg, root: Path | None) -> int:
     if root is None:
         return cfg.data.num_classes
     path = annotation_file(root, cfg.data.test_split)
-    categories = read_json(path).get("categories")
+    return len(categories_of(read_json(path), path))
+
+
+def categories_of(data: dict, path: Path) -> list[dict]:
+    """The ``categories`` list of a COCO instances file; a file without one is an error naming it."""
+    categories = data.get("categories") if isinstance(data, dict) else None
     if not isinstance(categories, list) or not categories:
         raise DatasetError(f"{path} has no 'categories' list: it is not a COCO instances file (download it again)")
-    return len(categories)
+    return categories
 
 
 def read_json(path: Path) -> dict:
@@ -116,8 +128,8 @@ class CocoInstances(torch.utils.data.Dataset):
         check_layout(self.root, [split])
         self.annotation_file = annotation_file(self.root, split)
         data = read_json(self.annotation_file)
+        self.categories = CategoryMap(categories_of(data, self.annotation_file))
         try:
-            self.categories = CategoryMap(data["categories"])
             anns = defaultdict(list)
             for ann in data["annotations"]:
                 anns[ann["image_id"]].append(ann)

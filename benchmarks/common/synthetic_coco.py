@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from ..datasets import generate_once
+from .datasets import generate_once
 
 CATEGORIES = [
     {"id": 1, "name": "disc", "supercategory": "shape"},

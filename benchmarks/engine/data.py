@@ -59,13 +59,26 @@ class SeededDataset(Dataset):
         return self.dataset[index]
 
 
+def to_device(target: dict, device) -> dict:
+    """A target dict's tensors on ``device`` (tv_tensors as plain tensors)."""
+    return {k: v.as_subclass(torch.Tensor).to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
+
+
 def collate_lists(batch):
     """Detection batches stay lists: images differ in size until the model pads them."""
     return tuple(list(x) for x in zip(*batch, strict=True))
 
 
-def train_loader(dataset: Dataset, batch_size: int, workers: int, seed: int, rank: int, world_size: int,
-                 start: int, collate=collate_lists) -> DataLoader:  # fmt: skip
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    start: int,
+    collate=collate_lists,
+) -> DataLoader:
     sampler = InfiniteSeededSampler(len(dataset), seed, rank, world_size, start)
     return DataLoader(
         SeededDataset(dataset),

@@ -50,6 +50,15 @@ def all_gather_objects(obj, info: DistInfo) -> list:
     return out
 
 
+def gather_to_main(obj, info: DistInfo) -> list | None:
+    """Every rank's ``obj`` on rank 0, in rank order (None on the other ranks); ``[obj]`` when not distributed."""
+    if not info.distributed:
+        return [obj]
+    out = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True on every rank when ``flag`` is True on any rank (keeps ranks in step on errors)."""
     if not info.distributed:

@@ -44,3 +44,20 @@ def set_lr(optimizer, base_lr: float, factor: float) -> float:
     for group in optimizer.param_groups:
         group["lr"] = base_lr * group.get("lr_scale", 1.0) * factor
     return base_lr * factor
+
+
+def resolve_epochs(cfg, num_images: int | None) -> None:
+    """Recipes that count epochs and a base lr, turned into the engine's iterations and absolute lr.
+
+    ``optim.blr`` (when set): lr = blr × total batch / 256 (the MAE / DeiT rule). ``train.epochs`` (when
+    set, and the training set's size is known): iterations = epochs × ceil(images / batch), warmup
+    likewise from ``train.warmup_epochs``, and a cosine starts after the warmup (MAE's ``lr_sched``).
+    """
+    t, o = cfg.train, cfg.optim
+    if o.get("blr") is not None:
+        o.lr = o.blr * t.images_per_batch / 256
+    if t.get("epochs") is not None and num_images is not None:
+        per_epoch = math.ceil(num_images / t.images_per_batch)
+        t.iterations = t.epochs * per_epoch
+        t.schedule.warmup_iters = t.warmup_epochs * per_epoch
+        t.schedule.cosine_begin = t.schedule.warmup_iters

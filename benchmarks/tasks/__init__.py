@@ -1,0 +1,24 @@
+"""The benchmark tasks the CLI knows, one folder each, named as ``--task`` and its ``configs/`` folder.
+
+Adding a task: a ``Task`` subclass in ``tasks/<name>/task.py`` (``benchmarks/interface.py``), its configs
+in ``configs/<name>/``, and one line here.
+"""
+
+from __future__ import annotations
+
+from ..config import ConfigError
+from ..interface import Task
+from .ade20k_seg.task import ADE20KSegmentation
+from .coco_det.task import CocoDetection
+from .mae_pretrain.task import MAEPretraining
+from .sup_pretrain.task import SupervisedPretraining
+
+TASKS: dict[str, Task] = {
+    t.name: t for t in (CocoDetection(), ADE20KSegmentation(), MAEPretraining(), SupervisedPretraining())
+}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ConfigError(f"unknown task {name!r}; tasks: {', '.join(TASKS)}")
+    return TASKS[name]

@@ -1,0 +1,1 @@
+"""ADE20K semantic segmentation with UperNet (the BEiT / MAE recipe of mmsegmentation)."""

@@ -1,0 +1,1 @@
+"""COCO detection and instance segmentation with Mask R-CNN (ViTDet and Li et al. protocols)."""
