@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test regression wheel-check lint clean
+.PHONY: venv demo test regression wheel-check numpy-compat lint clean
 
 venv: $(STAMP)
 
@@ -46,6 +46,17 @@ wheel-check: $(STAMP)
 	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --list-configs > configs.txt && grep -q upernet_vit_b configs.txt && grep -q "^table  *mae_table4" configs.txt \
 	  && $(CURDIR)/$(WHL)/venv/bin/run-bench --task coco_det --backbone random_vit_tiny --preset cpu --dry-run --output-dir dry \
 	  && test -f dry/load_report.json && test ! -e runs && echo "wheel check passed in $$PWD"
+
+# The lowest numpy pyproject allows (1.26: detectron2 / mmcv environments pin numpy < 2), with the pandas and
+# OpenCV releases that still support it; the rest is borrowed from $(VENV) as in wheel-check. Runs the tests
+# that read detectron2's numpy-1.x pickles, the parity harness and the COCO evaluation, and the bad-input tests.
+NP1 := $(WHL)/numpy1
+numpy-compat: $(STAMP)
+	rm -rf $(NP1) && mkdir -p $(WHL) && $(PYTHON) -m venv $(NP1)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > "$$($(NP1)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/deps.pth"
+	$(NP1)/bin/python -m pip install -q "numpy==1.26.4" "pandas>=2.0,<3" "opencv-python-headless>=4.8,<4.11"
+	$(NP1)/bin/python -c "import numpy; assert numpy.__version__ == '1.26.4', numpy.__version__"
+	PYTHONPATH=$(CURDIR) $(NP1)/bin/python -m pytest -q -p no:cacheprovider tests/test_detectron2.py tests/test_bad_input.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check --fix .

@@ -11,10 +11,13 @@ before a single object of it is built.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
+import importlib
 import pickle
 import shutil
 import urllib.error
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,65 +61,96 @@ def verify_checksum(path: Path, expected: str) -> str:
     return got
 
 
-def offline_message(spec: BackboneSpec, target: Path, reason: str) -> str:
+def offline_message(spec, target: Path, reason: str, option: str = "--weights") -> str:
     checksum = spec.checksum or "none published"
     return (
-        f"could not download the weights of {spec.name} ({reason}).\n"
+        f"could not download {spec.name} ({reason}).\n"
         f"  URL:       {spec.url}\n"
         f"  file name: {spec.file}\n"
         f"  checksum:  {checksum}\n"
         f"Download it where you have network and put it at\n  {target}\n"
-        f"or pass --weights /path/to/{spec.file}."
+        f"or pass {option} /path/to/{spec.file}."
     )
 
 
-def fetch_weights(spec: BackboneSpec, progress: bool = True) -> Path:
-    """The official file of ``spec`` from the cache, downloading it once; checksum verified."""
+@contextmanager
+def file_lock(path: Path):
+    """An exclusive lock beside ``path`` (``.<name>.lock``): one download or verification of a cached file at a
+    time, across the processes (and nodes, on a shared cache folder) that want it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def verified_digest(path: Path, published: str | None) -> str:
+    """``path``'s sha256, checked against the full sha256 recorded at its first verified download
+    (``<file>.sha256`` beside it), else against the published checksum (often a 6-hex md5 prefix), which is
+    then recorded: later runs check all 64 hex digits. Raises on a mismatch."""
+    sha256 = file_digest(path)
+    record = path.with_name(path.name + ".sha256")
+    if record.exists():
+        if sha256 != record.read_text().strip():
+            raise CheckpointError(
+                f"checksum mismatch for {path}: sha256 is {sha256}, but its first verified "
+                f"download recorded {record.read_text().strip()} ({record})"
+            )
+    elif published:
+        verify_checksum(path, published)
+        record.write_text(sha256 + "\n")
+    return sha256
+
+
+def fetch_weights(spec, progress: bool = True, option: str = "--weights") -> tuple[Path, str]:
+    """The official file of ``spec`` (a backbone or a released model) from the cache, downloaded once and
+    verified under a file lock; returns (path, sha256). ``option`` is what the user passes instead."""
     if spec.url is None:
-        raise CheckpointError(f"{spec.name} has no public weights ({spec.provenance}); pass --weights PATH")
+        raise CheckpointError(f"{spec.name} has no public weights ({spec.provenance}); pass {option} PATH")
     target = cache_dir() / spec.file
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target):
+        if not target.exists():
+            try:
+                # Writes to a temp file and renames, so a broken download never looks like a cached file.
+                torch.hub.download_url_to_file(spec.url, str(target), progress=progress)
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                raise CheckpointError(offline_message(spec, target, f"{type(err).__name__}: {err}", option)) from err
         try:
-            # Writes to a temp file and renames, so a broken download never looks like a cached file.
-            torch.hub.download_url_to_file(spec.url, str(target), progress=progress)
-        except (urllib.error.URLError, OSError, ValueError) as err:
-            raise CheckpointError(offline_message(spec, target, f"{type(err).__name__}: {err}")) from err
-    if spec.checksum:
-        try:
-            verify_checksum(target, spec.checksum)
-        except CheckpointError:
+            return target, verified_digest(target, spec.checksum)
+        except CheckpointError as err:
             bad = target.with_name(target.name + ".bad")
             shutil.move(target, bad)
+            target.with_name(target.name + ".sha256").unlink(missing_ok=True)
             raise CheckpointError(
-                f"checksum mismatch for the download of {spec.name} from {spec.url} "
-                f"(expected {spec.checksum}); moved the file to {bad}. Download it again or pass --weights."
+                f"{err}. The download of {spec.name} from {spec.url} (published checksum "
+                f"{spec.checksum}) was moved to {bad}: download it again or pass {option}."
             ) from None
-    return target
 
 
 def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> tuple[Path, dict[str, Any]]:
-    """The file to load and what is known of its integrity.
+    """The backbone file a run loads, hashed once: the official one from the cache (``weights`` None) or
+    ``--weights``. Returns (path, integrity info for the load report).
 
     A user-supplied file carrying the official file name claims to be that file and is checked
     against the published checksum; any other file (a fine-tuned or self-pretrained model) is the
     user's own and only has its sha256 recorded.
     """
     if weights is None:
-        path = fetch_weights(spec)
+        path, sha256 = fetch_weights(spec)
     else:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise CheckpointError(f"--weights {path}: no such file")
+        sha256 = None
     if path.suffix not in (".safetensors", ".npz"):
         checkpoint_kind(path)  # before any run folder exists
     info: dict[str, Any] = {
         "path": str(path.resolve()),
-        "sha256": file_digest(path),
+        "sha256": sha256 or file_digest(path),
         "expected": spec.checksum,
     }
     if spec.checksum and path.name == spec.file:
-        verify_checksum(path, spec.checksum)
+        if weights is not None:
+            verify_checksum(path, spec.checksum)
         info["verified"] = True
     elif spec.checksum:
         info["verified"] = False
@@ -128,10 +162,18 @@ def resolve_weights(spec: BackboneSpec, weights: str | Path | None) -> tuple[Pat
 
 
 # What a numpy-array pickle may name, under numpy 1.x and 2.x module paths; nothing else is built.
+# numpy 2 moved numpy.core to numpy._core (numpy 1.26 has a _core stub without the modules).
+_CORE = "numpy._core" if int(np.__version__.split(".")[0]) >= 2 else "numpy.core"
+_multiarray = importlib.import_module(f"{_CORE}.multiarray")
+_numeric = importlib.import_module(f"{_CORE}.numeric")
 NUMPY_GLOBALS = {
-    (module, name): obj
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name, obj in (("_reconstruct", np._core.multiarray._reconstruct), ("scalar", np._core.multiarray.scalar))
+    (f"{package}.{module}", name): obj
+    for package in ("numpy.core", "numpy._core")
+    for module, name, obj in (
+        ("multiarray", "_reconstruct", _multiarray._reconstruct),
+        ("multiarray", "scalar", _multiarray.scalar),
+        ("numeric", "_frombuffer", _numeric._frombuffer),  # pickle protocol 5 (out-of-band buffers)
+    )
 } | {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("collections", "OrderedDict"): dict}
 
 
@@ -145,29 +187,52 @@ def latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
 NUMPY_GLOBALS[("_codecs", "encode")] = latin1_bytes
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """A pickle asked for a global outside NUMPY_GLOBALS (its ``module.name`` is the message)."""
+
+
 class NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays, dtypes, numbers, strings and containers; refuses every other global."""
 
     def find_class(self, module: str, name: str):
         if (module, name) in NUMPY_GLOBALS:
             return NUMPY_GLOBALS[(module, name)]
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        raise RefusedGlobal(f"{module}.{name}")
+
+
+def object_arrays(obj: Any, prefix: str = "") -> list[str]:
+    """Where ``obj`` (nested dicts / lists) holds numpy arrays of Python objects instead of numbers."""
+    if isinstance(obj, np.ndarray):
+        return [prefix or "(top level)"] if obj.dtype.kind == "O" else []
+    if isinstance(obj, dict):
+        return [hit for k, v in obj.items() for hit in object_arrays(v, f"{prefix}/{k}" if prefix else str(k))]
+    if isinstance(obj, list | tuple):
+        return [hit for i, v in enumerate(obj) for hit in object_arrays(v, f"{prefix}[{i}]")]
+    return []
 
 
 def read_numpy_pickle(path: Path) -> Any:
     """A detectron2 model-zoo ``.pkl`` (``{'model': {name: ndarray}, ...}``), read without running code."""
     try:
         with open(path, "rb") as f:
-            return NumpyOnlyUnpickler(f, encoding="latin1").load()
-    except pickle.UnpicklingError as err:
+            obj = NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except RefusedGlobal as err:
         raise CheckpointError(
             f"{path}: refused. It asks for the global {err}, which a checkpoint of numpy arrays never needs "
             "(only numpy arrays, dtypes and plain containers are admitted); nothing in it was executed. "
             "Get the file from its official URL."
         ) from None
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as err:
         why = f"{type(err).__name__}: {err}"
         raise CheckpointError(f"{path}: not a readable pickle ({why}); download it again") from err
+    found = object_arrays(obj)
+    if found:
+        raise CheckpointError(
+            f"{path}: holds arrays of Python objects, not numbers, at {', '.join(found[:3])}"
+            f"{' …' if len(found) > 3 else ''}: a model checkpoint holds numeric arrays only; get the file from "
+            "its official URL"
+        )
+    return obj
 
 
 # What the first bytes of a file say it is. A checkpoint is a zip (torch >= 1.6), a bare pickle

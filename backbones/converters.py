@@ -86,11 +86,7 @@ def convert_deit(ckpt: Any, depth: int) -> Converted:
     """DeiT / DeiT III ``{'model': sd}``; DeiT III's layer scale is renamed to timm's."""
     out = split(
         unwrap(ckpt, ("model",), "DeiT"),
-        {
-            "head.": "ImageNet classifier",
-            "head_dist.": "distillation classifier",
-            "dist_token": "distillation token",
-        },
+        {"head.": "ImageNet classifier", "head_dist.": "distillation classifier", "dist_token": "distillation token"},
     )
     rename_layer_scale(out)
     return out

@@ -50,11 +50,7 @@ def encoder_prefix(model: nn.Module, encoder: nn.Module) -> str:
 
 
 def layer_decay_param_groups(
-    model: nn.Module,
-    encoder: VisionTransformer,
-    weight_decay: float,
-    layer_decay: float,
-    policy: str,
+    model: nn.Module, encoder: VisionTransformer, weight_decay: float, layer_decay: float, policy: str
 ) -> list[dict]:
     """Param groups for ``torch.optim.AdamW``; each carries ``lr_scale`` for the scheduler to apply.
 

@@ -49,16 +49,18 @@ def resolve_checkpoint(name_or_path: str, task: str) -> tuple[Path, dict[str, An
     if release is not None and release.task != task:
         raise CheckpointError(f"--checkpoint {release.name} is a {release.task} model, not {task}")
     if release is not None:
-        path = fetch_weights(release)
+        path, sha256 = fetch_weights(release, option="--checkpoint")  # verified in the cache
     else:
         path = Path(name_or_path).expanduser()
         if not path.is_file():
             names = ", ".join(released_models())
             raise CheckpointError(f"--checkpoint {path}: no such file, and not a released model ({names})")
         release = next((r for r in released_models().values() if r.file == path.name), None)
-    info: dict[str, Any] = {"path": str(path.resolve()), "sha256": file_digest(path)}
+        sha256 = file_digest(path)
+        if release is not None and release.checksum:
+            verify_checksum(path, release.checksum)  # a file with a release's name claims to be it
+    info: dict[str, Any] = {"path": str(path.resolve()), "sha256": sha256}
     if release is not None and release.checksum and path.name == release.file:
-        verify_checksum(path, release.checksum)
         info |= {"verified": True, "released": release.name, "published": release.published, "source": release.source}
     else:
         info |= {"verified": False, "why_unverified": "not a registered release: the user's own model"}

@@ -27,8 +27,9 @@ from results.tables import TableError, find_table
 
 from .checkpoints import resolve_checkpoint
 from .config import ConfigError, apply_overrides, default_config_path, flatten, load_config, preset_config_path
+from .engine.batch import BatchPlan, batch_plan
 from .engine.checkpoint import CHECKPOINT, PREVIOUS, find_resume_checkpoint
-from .engine.distributed import DistInfo, all_gather_objects
+from .engine.distributed import DistInfo, all_gather_objects, on_local_main
 from .engine.precision import check_amp
 from .engine.schedule import resolve_epochs
 from .interface import Task
@@ -291,6 +292,7 @@ class Plan(Request):
     checkpoint: tuple | None = None  # (path, info, release) of a whole model (--checkpoint), resolved once
     resume_from: Path | None = None  # the training checkpoint a resume, evaluation or picture of a run loads
     train_set: Dataset | None = None  # training runs: built once (its size fixes epoch-based schedules)
+    batch: BatchPlan | None = None  # training runs and dry runs: the total batch over this process group
 
     @property
     def seed(self) -> int:
@@ -329,14 +331,20 @@ def make_plan(request: Request, info: DistInfo) -> Plan:
     args, task, spec, cfg, mode = request.args, request.task, request.spec, request.cfg, request.mode
     if "train" in cfg:
         check_amp(cfg.train)
+    batch = batch_plan(cfg.train, info.world_size) if mode.trains or mode is Mode.DRY_RUN else None
     if spec.converter is None and args.weights:
         raise CheckpointError(f"{spec.name} is a random-init baseline and takes no --weights")
     resume_from = run_checkpoint(request)
     if mode is Mode.RESUME and resume_from is None:
         mode = Mode.TRAIN  # nothing to continue yet (a job requeued before its first checkpoint): start
-    checkpoint = resolve_checkpoint(args.checkpoint, task.name) if args.checkpoint else None
+    checkpoint = (
+        on_local_main(lambda: resolve_checkpoint(args.checkpoint, task.name), info) if args.checkpoint else None
+    )
     needs_backbone = mode is Mode.TRAIN or (mode is Mode.DRY_RUN and not args.checkpoint)
-    weights = resolve_weights(spec, args.weights) if needs_backbone and spec.converter is not None else None
+    if needs_backbone and spec.converter is not None:
+        weights = on_local_main(lambda: resolve_weights(spec, args.weights), info)  # one download and hash a node
+    else:
+        weights = None
     root = None if mode is Mode.DRY_RUN else task.data_root(cfg, args.data_root, info)
     train_set = task.train_dataset(cfg, root) if mode.trains else None
     resolve_epochs(cfg, len(train_set) if train_set is not None else None)
@@ -355,4 +363,5 @@ def make_plan(request: Request, info: DistInfo) -> Plan:
         checkpoint=checkpoint,
         resume_from=resume_from,
         train_set=train_set,
+        batch=batch,
     )

@@ -19,6 +19,7 @@ import torch
 from backbones import LoadReport, build_encoder, encoder_kwargs, load_pretrained
 
 from .checkpoints import load_model_checkpoint
+from .engine.batch import arithmetic, check_batch_norm
 from .engine.checkpoint import load_training_checkpoint
 from .engine.distributed import DistInfo, init_distributed
 from .engine.evaluation import inference_on_dataset
@@ -45,6 +46,8 @@ def run(request: Request, stop: StopRequest | None = None) -> Path:
     seed_everything(plan.seed)  # the same random init on every rank
     encoder = build_encoder(plan.spec, plan.protocol)
     model = plan.task.build_model(plan.cfg, encoder, plan.root)  # a model option that cannot be built: no folder
+    if plan.mode.trains:
+        check_batch_norm(model, plan.batch, plan.cfg.train, info)
     plan.out.mkdir(parents=True, exist_ok=True)
     setup_logging(plan.out, info.is_main)
     try:
@@ -119,6 +122,7 @@ def record_load_report(plan: Plan, report: LoadReport, encoder, info: DistInfo) 
     log.info("load report:\n%s", report.summary(), extra={"file_only": dry})  # dry run: printed below
     if dry and info.is_main:
         print(report.summary())
+        print(arithmetic(plan.cfg.train, info.world_size))
         print(f"wrote {plan.out / 'load_report.json'}")
 
 
@@ -126,4 +130,4 @@ def evaluate(plan: Plan, model, out_dir: Path, info: DistInfo) -> dict | None:
     """The task's evaluator through the engine's one evaluation loop, under ``test.amp``'s dtype."""
     evaluator = plan.task.evaluator(plan.cfg, plan.root)
     dtype = eval_dtype(plan.cfg, info.device)
-    return inference_on_dataset(model, evaluator, out_dir, info, dtype, plan.cfg.data.workers)
+    return inference_on_dataset(model, evaluator, out_dir, info, dtype, plan.cfg.data.workers, plan.cfg.test.tf32)

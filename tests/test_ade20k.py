@@ -174,8 +174,11 @@ def test_short_training_lowers_loss_and_resume_is_exact(tmp_path):
     losses = [json.loads(x)["loss"] for x in (straight / "train_log.jsonl").read_text().splitlines()]
     assert sum(losses[-4:]) < sum(losses[:4])
     metrics = json.loads((straight / "metrics.json").read_text())["metrics"]
-    assert set(metrics) == {"mIoU", "mAcc", "aAcc"} and 0 <= metrics["mIoU"] <= 100
-    assert (straight / "per_class.csv").read_text().count("\n") == 151
+    assert set(metrics) == {"mIoU", "mAcc", "aAcc"}
+    rows = [line.split(",") for line in (straight / "per_class.csv").read_text().splitlines()[1:]]
+    ious = [float(r[2]) for r in rows if r[2] != "nan"]
+    assert len(rows) == 150 and 0 < len(ious) < 150  # the synthetic scenes hold a few of the 150 classes
+    assert metrics["mIoU"] == pytest.approx(sum(ious) / len(ious), abs=0.01)  # the table's rows, 2 decimals each
 
     killed = tmp_path / "killed"
     cmd = [*base, "--output-dir", str(killed), "--opts", *opts]

@@ -128,18 +128,9 @@ def test_dry_run_random_needs_no_weights(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (
-            ["--task", "coco_det", "--backbone", "mae_vit_z", "--dry-run"],
-            "unknown backbone 'mae_vit_z'; registered:",
-        ),
-        (
-            ["--task", "coco_det", "--backbone", "mae_vit_b", "--weights", "/no/such.pth", "--dry-run"],
-            "no such file",
-        ),
-        (
-            ["--task", "ade20k_seg", "--backbone", "mae_vit_h", "--dry-run"],
-            "no upernet config for a vit_huge",
-        ),
+        (["--task", "coco_det", "--backbone", "mae_vit_z", "--dry-run"], "unknown backbone 'mae_vit_z'; registered:"),
+        (["--task", "coco_det", "--backbone", "mae_vit_b", "--weights", "/no/such.pth", "--dry-run"], "no such file"),
+        (["--task", "ade20k_seg", "--backbone", "mae_vit_h", "--dry-run"], "no upernet config for a vit_huge"),
         (["--sweep", "mae_table9", "--dry-run"], "no sweep 'mae_table9'"),
         (["--task", "coco_det", "--backbone", "mae_vit_b", "mae_vit_z", "--launcher", "slurm"], "mae_vit_z"),
     ],

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import ROOT
 from helpers import eval_only_on_fixture
 from PIL import Image
@@ -40,9 +41,10 @@ needs_fixture = pytest.mark.skipif(not FIXTURE.is_dir(), reason="../shared/refer
 
 
 def write_pkl(path, obj, numpy1_paths=True):
-    blob = pickle.dumps(obj, protocol=2)
-    if numpy1_paths:  # as the released files, pickled under numpy 1.x
-        blob = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    """A pickle naming numpy 1.x's module paths (as the released files) or numpy 2.x's, whichever numpy runs."""
+    blob = pickle.dumps(obj, protocol=2)  # unframed, newline-terminated names: the paths can be swapped
+    one, two = b"numpy.core.", b"numpy._core."
+    blob = blob.replace(two, one) if numpy1_paths else blob.replace(one, two)
     path.write_bytes(blob)
     return path
 
@@ -55,6 +57,29 @@ def test_pkl_of_numpy_arrays_is_read_under_both_numpy_module_paths(tmp_path, num
     got = read_checkpoint(path)
     assert got["__author__"] == "x"
     np.testing.assert_array_equal(got["model"]["a"], arrays["a"])
+
+
+def test_pickle_protocol_5_arrays_are_read(tmp_path):
+    """numpy pickles arrays under protocol 5 through numpy.(_)core.numeric._frombuffer, as safe as _reconstruct."""
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    path = tmp_path / "m.pkl"
+    path.write_bytes(pickle.dumps({"model": arrays}, protocol=5))  # framed: module paths as this numpy writes them
+    assert b"_frombuffer" in path.read_bytes()
+    np.testing.assert_array_equal(read_checkpoint(path)["model"]["a"], arrays["a"])
+
+
+def test_a_truncated_pkl_is_said_to_be_truncated_not_refused(tmp_path):
+    path = write_pkl(tmp_path / "m.pkl", {"model": {"a": np.arange(100, dtype=np.float32)}})
+    path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(CheckpointError, match="not a readable pickle") as err:
+        read_checkpoint(path)
+    assert "refused" not in str(err.value)
+
+
+def test_an_object_array_in_a_pkl_is_an_error_naming_its_key(tmp_path):
+    path = write_pkl(tmp_path / "m.pkl", {"model": {"w": np.array(["x", 1], dtype=object)}})
+    with pytest.raises(CheckpointError, match="arrays of Python objects, not numbers, at model/w"):
+        read_checkpoint(path)
 
 
 class Payload:
@@ -145,6 +170,23 @@ def test_parity_harness_fails_on_torchvision_anchors():
     assert main([str(FIXTURE), "--opts", "model.ops.anchors=torchvision"]) == 1
 
 
+@needs_fixture
+def test_parity_harness_fails_on_a_layernorm_eps_of_1e5(monkeypatch, capsys):
+    """The dense tolerance (2e-5 of max|ref|) sees what a wrong LayerNorm eps in the pyramid and heads does."""
+    from benchmarks.common import necks
+    from benchmarks.tools.parity import main
+
+    init = necks.ChannelLayerNorm.__init__
+
+    def wrong_eps(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.eps = 1e-5  # detectron2's is 1e-6
+
+    monkeypatch.setattr(necks.ChannelLayerNorm, "__init__", wrong_eps)
+    assert main([str(FIXTURE)]) == 1
+    assert "features.p2" in next(line for line in capsys.readouterr().out.splitlines() if "FAIL" in line)
+
+
 # ---------------------------------------------------------------------------------------------- the pieces
 
 
@@ -208,6 +250,67 @@ def test_rpn_nms_runs_on_logits_and_keeps_tiny_boxes():
     assert len(kept_tv) == 1  # torchvision: min size 1e-3 drops the tiny box
 
 
+def small_detector(*opts):
+    from test_coco_model import detector
+
+    torch.manual_seed(0)
+    return detector("vitdet_vit_b.yaml", "random_vit_tiny", ["backbone.img_size=128", "data.canvas=128", *opts])[0]
+
+
+def test_roi_post_processing_keeps_a_tiny_box_and_scores_each_class():
+    """Softmax over 81 classes, class-specific boxes (zero deltas: the proposals), background dropped, score
+    > 0.05, per-class NMS: detectron2 keeps a 0.004 px box (empty boxes go after rescaling), torchvision
+    drops boxes under 1e-2 px before its NMS."""
+    proposals = [torch.tensor([[10.0, 10.0, 50.0, 50.0], [60.0, 60.0, 60.004, 60.004]])]
+    logits = torch.zeros(2, 81)
+    logits[0, 2], logits[1, 1] = 5.0, 5.0  # proposal 0 is class 2, proposal 1 class 1
+    deltas = torch.zeros(2, 81 * 4)
+    score = float(torch.softmax(logits[0], 0)[2])  # e^5 / (e^5 + 80) = 0.65; the other classes 0.0044
+    ours = small_detector().roi_heads.postprocess_detections(logits, deltas, proposals, [(128, 128)])
+    (boxes,), (scores,), (labels,) = ours
+    found = sorted(
+        zip(labels.tolist(), [tuple(round(v, 3) for v in b) for b in boxes.tolist()], scores.tolist(), strict=True)
+    )
+    assert [(label, box) for label, box, _ in found] == [
+        (1, (60.0, 60.0, 60.004, 60.004)),
+        (2, (10.0, 10.0, 50.0, 50.0)),
+    ]
+    assert [s for *_, s in found] == pytest.approx([score, score])
+    tv = small_detector("model.ops.roi_post=torchvision").roi_heads.postprocess_detections(
+        logits, deltas, proposals, [(128, 128)]
+    )
+    assert tv[2][0].tolist() == [2]  # the tiny box is gone
+
+
+def test_rpn_losses_are_sums_over_the_sampled_anchors_divided_by_256_per_image():
+    """detectron2's normaliser: batch_size_per_image x images, whatever the number actually sampled."""
+    torch.manual_seed(0)
+    labels = [torch.tensor([1.0, 0, 0, -1, 1, 0]), torch.tensor([0.0, 1, -1, -1, 0, 0])]  # -1: ignored
+    objectness, deltas = torch.randn(12), torch.randn(12, 4)
+    targets = [torch.randn(6, 4), torch.randn(6, 4)]
+    loss_obj, loss_box = rpn("detectron2").compute_loss(objectness, deltas, labels, targets)
+    flat, flat_targets = torch.cat(labels), torch.cat(targets)
+    sampled, positive = flat >= 0, flat == 1  # 9 labelled anchors, all within 256 x 0.5 positives
+    bce = F.binary_cross_entropy_with_logits(objectness[sampled], flat[sampled], reduction="sum")
+    l1 = (deltas[positive] - flat_targets[positive]).abs().sum()
+    torch.testing.assert_close(loss_obj, bce / (256 * 2))
+    torch.testing.assert_close(loss_box, l1 / (256 * 2))
+
+
+def test_mask_loss_is_the_mean_bce_of_each_proposal_s_own_class_against_its_aligned_target():
+    heads = small_detector().roi_heads
+    gt = torch.zeros(1, 64, 64)
+    gt[0, 8:40, 16:48] = 1
+    boxes = [torch.tensor([[16.0, 8.0, 48.0, 40.0], [16.0, 8.0, 32.0, 40.0]])]  # inside the mask: targets all 1
+    logits = torch.randn(2, 81, 28, 28)
+    labels = [torch.tensor([3, 7])]
+    loss = heads.mask_loss(logits, boxes, [{"masks": gt}], [torch.tensor([0, 0])], labels)
+    want = torch.cat([F.softplus(-logits[0, 3]).flatten(), F.softplus(-logits[1, 7]).flatten()]).mean()
+    torch.testing.assert_close(loss, want)
+    logits[:, 5] += 100  # another class's mask logits do not enter the loss
+    torch.testing.assert_close(heads.mask_loss(logits, boxes, [{"masks": gt}], [torch.tensor([0, 0])], labels), want)
+
+
 def test_l1_box_loss_with_beta_zero():
     logits = torch.randn(4, 3)
     deltas = torch.randn(4, 12)
@@ -258,9 +361,25 @@ def test_eval_only_with_a_detectron2_pkl_on_the_real_coco_sample(tmp_path):
     record, report, out = eval_only_on_fixture(
         "coco_det", FIXTURE, apply_meta, "model_final.pkl", COCO_SAMPLE, tmp_path
     )
-    assert 0 <= record["metrics"]["box_AP"] < 5  # random weights: the path is the point
     assert report["converter"] == "detectron2" and report["unused"] == {} and not report["new"]
-    assert len(json.loads((out / "coco_results.json").read_text())) > 0
+    results = json.loads((out / "coco_results.json").read_text())
+    per_image = {}
+    for r in results:
+        per_image[r["image_id"]] = per_image.get(r["image_id"], 0) + 1
+    assert results and max(per_image.values()) <= 100  # the fixture's test_topk_per_image
+    # pycocotools on the written results, outside the suite's evaluator: the same AP as metrics.json
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(COCO_SAMPLE / "annotations" / "instances_val2017.json"))
+        for iou_type, key in (("bbox", "box_AP"), ("segm", "mask_AP")):
+            ev = COCOeval(gt, gt.loadRes(results), iou_type)
+            ev.evaluate(), ev.accumulate(), ev.summarize()
+            assert 100 * ev.stats[0] == pytest.approx(record["metrics"][key], abs=1e-6), key
 
 
 # ---------------------------------------------------------------------------------------------- released

@@ -111,8 +111,7 @@ def test_no_function_local_import_of_the_project_hides_an_edge():
 
 
 @pytest.mark.parametrize(
-    "code, cycle",
-    [("from .b import x", True), ("def f():\n    from .b import x", True), ("import os", False)],
+    "code, cycle", [("from .b import x", True), ("def f():\n    from .b import x", True), ("import os", False)]
 )
 def test_the_checker_finds_a_planted_cycle_even_behind_a_local_import(tmp_path, monkeypatch, code, cycle):
     pkg = tmp_path / "pkg"

@@ -20,6 +20,7 @@ from benchmarks.engine import trainer
 from benchmarks.engine.distributed import DistInfo
 from benchmarks.engine.trainer import sync_batchnorm, train
 from benchmarks.tasks.ade20k_seg.evaluate import predict_probs
+from benchmarks.tools.gpu_check import distributed_kill_resume
 
 ADE_TINY = [
     "backbone.img_size=64",
@@ -236,3 +237,36 @@ def test_gpu_check_script_runs_its_checks_in_smoke_mode(tmp_path):
     for name in ("vitdet_b_training", "upernet_b_training"):
         assert result[name]["seconds"] > 0 and result[name]["peak_memory_gb"] > 0, result[name]
     assert 0.5 < result["bf16_vs_fp32_eval"]["pixels_same_class"] <= 1.0
+
+
+def test_kill_resume_evaluate_over_two_gloo_processes(tmp_path):
+    """gpu_check's end-to-end sequence, on CPU: 2 processes train, are SIGKILLed (torchrun and workers)
+    after the first checkpoint, resume to the end with the uninterrupted run's weights, and the resumed
+    checkpoint evaluated by 1 process gives the detections' AP that 2 processes gathered."""
+    out = distributed_kill_resume(tmp_path, "cpu", 2, tiny_opts(tmp_path, iterations=6, period=3))
+    assert out["world_size"] == 2 and out["killed_at"] in (3, 6) and out["final_iteration"] == 6
+    assert out["resumed_weights_equal"] and out["replicas_identical_logged"]
+    ap = out["box_AP"]
+    assert ap["straight"] == ap["resumed"] and abs(ap["resumed"] - ap["resumed_1_process"]) <= 0.5, ap
+
+
+def test_gpu_check_exits_non_zero_when_a_band_is_missed(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.tools.gpu_check",
+            "--smoke",
+            "--repeats",
+            "1",
+            "--out",
+            str(tmp_path / "g.json"),
+            "--band",
+            "upernet_b_training=peak_memory_gb:0:0.000001",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "upernet_b_training: FAIL" in proc.stdout and "failed: upernet_b_training" in proc.stdout
+    assert json.loads((tmp_path / "g.json").read_text())["vitdet_b_training"]["verdict"] == "pass"

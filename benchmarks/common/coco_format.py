@@ -23,6 +23,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from ..engine.distributed import DistInfo
 from .datasets import DatasetError, dataset_root
+from .serialized import SerializedList
 from .synthetic_coco import write_synthetic_coco
 
 COCO_HELP = """expected COCO 2017 layout under {root}:
@@ -138,12 +139,18 @@ class CocoInstances(torch.utils.data.Dataset):
             raise DatasetError(f"{self.annotation_file} is not a COCO instances file (missing {err})") from err
         if train:
             images = [im for im in images if any(not a.get("iscrowd", 0) for a in anns[im["id"]])]
-        self.images, self.anns = images, anns
+        # One (image, its annotations) record per image in one byte buffer: workers share it (serialized.py).
+        self.records = SerializedList((image, anns[image["id"]]) for image in images)
+        self.image_ids = np.array([image["id"] for image in images], dtype=np.int64)
         self.train = train
         self.transforms = transforms
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.records)
+
+    def record(self, index: int) -> tuple[dict, list[dict]]:
+        """(the image's entry of the json, its annotations) of image ``index``."""
+        return self.records[index]
 
     def read_image(self, info: dict) -> torch.Tensor:
         path = self.root / self.split / info["file_name"]
@@ -158,8 +165,8 @@ class CocoInstances(torch.utils.data.Dataset):
             )
         return image
 
-    def target(self, info: dict, height: int, width: int) -> dict:
-        anns = [a for a in self.anns[info["id"]] if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+    def target(self, info: dict, anns: list[dict], height: int, width: int) -> dict:
+        anns = [a for a in anns if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         masks = np.stack([instance_mask(a["segmentation"], height, width) for a in anns]) if anns else None
@@ -173,13 +180,13 @@ class CocoInstances(torch.utils.data.Dataset):
         }
 
     def __getitem__(self, index: int):
-        info = self.images[index]
+        info, anns = self.record(index)
         image = self.read_image(info)
         if not self.train:
             orig_size = tuple(image.shape[1:])
             image = self.transforms(image) if self.transforms is not None else image
             return image, {"image_id": info["id"], "orig_size": orig_size}
-        target = self.target(info, image.shape[1], image.shape[2])
+        target = self.target(info, anns, image.shape[1], image.shape[2])
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DENSE_TOL = 1e-4  # × max|ref|: detectron2's own outputs move ~1e-5 with the thread count
+DENSE_TOL = 2e-5  # × max|ref|: clean fp32 parity gives ~2e-6; a LayerNorm eps of 1e-5 for 1e-6 moves ~1e-4
 
 
 @dataclass

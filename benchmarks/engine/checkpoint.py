@@ -142,12 +142,33 @@ def save_checkpoint(path: Path, model, optimizer, scaler, iteration: int, info: 
         log.info("checkpoint at iteration %d -> %s", iteration, path)
 
 
-def restore(path: Path, model, optimizer, scaler, info: DistInfo) -> int:
-    """Load a training checkpoint into the model, optimizer, scaler and this rank's RNG; its iteration."""
+def restore(path: Path, model, optimizer, scaler, info: DistInfo, seed: int) -> int:
+    """Load a training checkpoint into the model, optimizer, scaler and this rank's RNG; its iteration.
+
+    A run resumed on more processes than it saved gives the new ranks streams of their own (seeded by
+    ``seed`` and the rank); the data stream is a function of the sample position, so it continues exactly.
+    """
     state = load_training_checkpoint(path)
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"][info.rank])  # save_checkpoint gathers every rank's state
+    saved = state["rng"]  # save_checkpoint gathers every rank's state
+    if info.rank < len(saved):
+        set_rng_state(saved[info.rank])
+    else:
+        torch.manual_seed(seed + info.rank)
+        random.seed(seed + info.rank)
+        log.warning(
+            "the checkpoint holds the RNG states of %d processes: rank %d starts its own", len(saved), info.rank
+        )
     log.info("resumed from %s at iteration %d", path, state["iteration"])
     return state["iteration"]
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Temporary checkpoint files a killed save left (only this run's rank 0 writes them, and it is starting)."""
+    stale = sorted(run_dir.glob(f".{CHECKPOINT}.*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.warning("removed %s, left by a save that was killed", path)
+    return stale

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .data import collate_lists
 from .distributed import DistInfo, barrier, gather_to_main
-from .precision import autocast
+from .precision import autocast, tf32
 from .progress import progress
 
 
@@ -44,14 +44,21 @@ class Evaluator(ABC):
 
 
 def inference_on_dataset(
-    model, evaluator: Evaluator, out_dir: Path, info: DistInfo, dtype: torch.dtype | None, workers: int = 0
+    model,
+    evaluator: Evaluator,
+    out_dir: Path,
+    info: DistInfo,
+    dtype: torch.dtype | None,
+    workers: int = 0,
+    allow_tf32: bool = False,
 ) -> dict | None:
-    """The evaluator's metrics on rank 0 (None on the others)."""
+    """The evaluator's metrics on rank 0 (None on the others). ``dtype``: the autocast (None: fp32, with
+    TF32 only where ``allow_tf32``)."""
     dataset = evaluator.dataset
     shard = Subset(dataset, range(info.rank, len(dataset), info.world_size))
     loader = DataLoader(shard, batch_size=evaluator.batch_size, num_workers=workers, collate_fn=evaluator.collate)
     model.to(info.device).eval()
-    with torch.no_grad(), progress(len(shard), "eval", info.is_main) as bar:
+    with torch.no_grad(), tf32(allow_tf32), progress(len(shard), "eval", info.is_main) as bar:
         for images, targets in loader:
             with autocast(info.device, dtype):
                 evaluator.process(model, images, targets)

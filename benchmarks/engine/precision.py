@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 
 from ..config import ConfigError
@@ -32,6 +34,21 @@ def eval_dtype(cfg, device: torch.device) -> torch.dtype | None:
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` on ``device`` with ``dtype``; a no-op for None (fp32)."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+@contextmanager
+def tf32(allowed: bool):
+    """TF32 matmuls and convolutions on Ampere+ GPUs on or off inside the block (``test.tf32``), restored after.
+
+    Off (the configs' default for evaluation): fp32 evaluation is fp32 on every GPU generation, as on the CPU
+    where the parity fixtures were made; on, A100-class GPUs evaluate faster with TF32's 10-bit mantissa.
+    """
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def dtype_name(dtype: torch.dtype | None) -> str:

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..config import ConfigError
-from .checkpoint import CHECKPOINT, restore
+from .batch import batch_plan
+from .checkpoint import CHECKPOINT, remove_stale_temporaries, restore
 from .data import collate_lists, to_device, train_loader
 from .distributed import DistInfo, any_rank
 from .hooks import Checkpointer, HookBase, LRSchedule, MetricsWriter, PeriodicEvaluation, Preemption
@@ -34,16 +34,6 @@ log = logging.getLogger("bench")
 
 class NonFiniteLoss(RuntimeError):
     pass
-
-
-def per_device_batch(cfg_train, world_size: int) -> int:
-    total, accumulate = cfg_train.images_per_batch, cfg_train.accumulate
-    if total % (world_size * accumulate):
-        raise ConfigError(
-            f"train.images_per_batch={total} is not divisible by world_size={world_size} x "
-            f"train.accumulate={accumulate}; change one of them with --opts"
-        )
-    return total // (world_size * accumulate)
 
 
 def unit_range(images, targets):
@@ -167,40 +157,21 @@ def train(
     optimizer = build_optimizer(cfg, model, encoder)
     dtype = amp_dtype(t, info.device)
     scaler = torch.amp.GradScaler(info.device.type, enabled=dtype == torch.float16)
-    start = restore(resume_from, model, optimizer, scaler, info) if resume_from is not None else 0
+    start = restore(resume_from, model, optimizer, scaler, info, t.seed) if resume_from is not None else 0
+    if info.is_main:
+        remove_stale_temporaries(run_dir)
     if start >= t.iterations:
         return start
-    batch = per_device_batch(t, info.world_size)
+    batch = batch_plan(t, info.world_size)
+    consumed = start * batch.per_device * batch.accumulate  # this rank's samples before ``start``
     loader = train_loader(
-        dataset,
-        batch,
-        cfg.data.workers,
-        t.seed,
-        info.rank,
-        info.world_size,
-        start=start * batch * t.accumulate,
-        collate=collate,
+        dataset, batch.per_device, cfg.data.workers, t.seed, info.rank, info.world_size, start=consumed, collate=collate
     )
     ddp = DistributedDataParallel(model, find_unused_parameters=t.find_unused_parameters) if info.distributed else model
     train_log = TrainLog(run_dir / "train_log.jsonl", info.is_main)
     train_log.truncate_after(start)
-    log.info(
-        "training iterations %d -> %d: %d images per step = %d processes x %d per batch x %d accumulated; autocast %s",
-        start,
-        t.iterations,
-        t.images_per_batch,
-        info.world_size,
-        batch,
-        t.accumulate,
-        dtype_name(dtype),
-    )
-    checkpointer = Checkpointer(run_dir / CHECKPOINT, t.checkpoint_period)
-    hooks = [LRSchedule(cfg.optim.lr, t.schedule), MetricsWriter(train_log, t.log_period, info.is_main)]
-    if evaluate is not None:
-        hooks.append(PeriodicEvaluation(t.eval_period, evaluate, run_dir, train_log))
-    hooks.append(checkpointer)
-    if stop is not None:
-        hooks.append(Preemption(stop, checkpointer))
+    log.info("training iterations %d -> %d: %s; autocast %s", start, t.iterations, batch.describe(), dtype_name(dtype))
+    hooks = training_hooks(cfg, run_dir, info, train_log, evaluate, stop)
     trainer = Trainer(
         ddp,
         model,
@@ -209,7 +180,7 @@ def train(
         iter(loader),
         info,
         hooks,
-        accumulate=t.accumulate,
+        accumulate=batch.accumulate,
         dtype=dtype,
         clip_grad=cfg.optim.clip_grad,
         transform=transform,
@@ -219,6 +190,19 @@ def train(
     if info.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(info.device)
     return trainer.train(start, t.iterations)
+
+
+def training_hooks(cfg, run_dir: Path, info: DistInfo, train_log: TrainLog, evaluate, stop) -> list[HookBase]:
+    """The hooks in their order: lr, the log record, an evaluation, the checkpoint, the preemption check."""
+    t = cfg.train
+    checkpointer = Checkpointer(run_dir / CHECKPOINT, t.checkpoint_period)
+    hooks = [LRSchedule(cfg.optim.lr, t.schedule), MetricsWriter(train_log, t.log_period, info.is_main)]
+    if evaluate is not None:
+        hooks.append(PeriodicEvaluation(t.eval_period, evaluate, run_dir, train_log))
+    hooks.append(checkpointer)
+    if stop is not None:
+        hooks.append(Preemption(stop, checkpointer))
+    return hooks
 
 
 def sync_batchnorm(model: nn.Module, cfg_train, info: DistInfo) -> nn.Module:

@@ -141,7 +141,7 @@ class TrainPipeline:
 
     def random_crop_box(self, label: torch.Tensor) -> tuple[int, int, int, int]:
         h, w = label.shape
-        for _ in range(10):  # as mmseg: retry until no class covers more than cat_max_ratio of the crop
+        for _ in range(10 if self.cat_max_ratio < 1 else 1):  # mmseg retries only under a cat_max_ratio < 1
             top = int(torch.randint(0, max(h - self.crop, 0) + 1, ()))
             left = int(torch.randint(0, max(w - self.crop, 0) + 1, ()))
             window = label[top : top + self.crop, left : left + self.crop]
@@ -190,7 +190,7 @@ def shift_hue(img: np.ndarray, delta: int) -> np.ndarray:
 
 def photometric_distortion(image: torch.Tensor) -> torch.Tensor:
     """mmseg's PhotoMetricDistortion on a uint8 RGB image [3, H, W], step for step: brightness ±32, then
-    contrast ×[0.5, 1.5] either first or last, saturation ×[0.5, 1.5] and hue ±18; each step with
+    contrast ×[0.5, 1.5] either first or last, saturation ×[0.5, 1.5] and hue -18..17; each step with
     probability 0.5 and back to uint8 (clipped) after it."""
     img = image.permute(1, 2, 0).numpy()
 
@@ -208,11 +208,20 @@ def photometric_distortion(image: torch.Tensor) -> torch.Tensor:
     if coin():
         img = scale_saturation(img, uniform(0.5, 1.5))
     if coin():
-        img = shift_hue(img, int(torch.randint(-18, 19, ())))
+        img = shift_hue(img, int(torch.randint(-18, 18, ())))  # mmcv: np.random.randint(-18, 18), 17 at most
     if contrast_last and coin():
         img = to_uint8(img, alpha=uniform(0.5, 1.5))
     return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
 
 
-def test_size(h: int, w: int, scale: tuple[int, int], ratio: float = 1.0) -> tuple[int, int]:
-    return rescale_size(h, w, (math.floor(scale[0] * ratio), math.floor(scale[1] * ratio)))
+def test_size(h: int, w: int, scale: tuple[int, int], ratio: float = 1.0, min_size: int | None = None):
+    """The test image size at ``scale × ratio`` (mmseg's MultiScaleFlipAug truncates it to integers), keep ratio.
+
+    ``min_size`` is mmseg 0.x's ``Resize(min_size=...)`` of its multi-scale test: a short side below it is
+    raised to it, and the scale becomes (short side, short side × aspect), so the long-side cap is dropped.
+    """
+    scaled = (math.floor(scale[0] * ratio), math.floor(scale[1] * ratio))
+    if min_size is not None:
+        short = max(min(scaled), min_size)
+        scaled = (short * h / w, short) if h > w else (short, short * w / h)
+    return rescale_size(h, w, scaled)

@@ -41,17 +41,20 @@ def slide_logits(model, x: torch.Tensor, crop: int, stride: int, num_classes: in
 
 
 @torch.no_grad()
-def predict_probs(model, image: torch.Tensor, cfg_test, num_classes: int, ratios=(1.0,), flip=False) -> torch.Tensor:
+def predict_probs(
+    model, image: torch.Tensor, cfg_test, num_classes: int, ratios=(1.0,), flip=False, min_size: int | None = None
+) -> torch.Tensor:
     """uint8 image [3, H, W] -> class probabilities [K, H, W] at the original size.
 
-    Each ratio resizes the image to ``test.scale × ratio`` (keep ratio) and slides; with ``flip`` the
-    mirrored image too. Softmax probabilities are averaged at full resolution (mmseg's TTA merge).
+    Each ratio resizes the image to ``test.scale × ratio`` (keep ratio; ``min_size``: no short side below
+    it, as mmseg 0.x's multi-scale test) and slides; with ``flip`` the mirrored image too. Softmax
+    probabilities are averaged at full resolution (mmseg's TTA merge).
     """
     h, w = image.shape[1:]
     total = None
     device = next(model.parameters()).device
     for ratio in ratios:
-        resized, _ = resize(image, None, test_size(h, w, tuple(cfg_test.scale), ratio))
+        resized, _ = resize(image, None, test_size(h, w, tuple(cfg_test.scale), ratio, min_size))
         x = model.normalize(resized.to(device).float()[None] / 255)
         for flipped in (False, True) if flip else (False,):
             xi = x.flip(-1) if flipped else x
@@ -79,9 +82,8 @@ class SegmentationEvaluator(Evaluator):
             label = target["sem_seg"]
             self.single.update(predict_probs(model, image, t, k).argmax(0).cpu(), label)
             if self.multi is not None:
-                self.multi.update(
-                    predict_probs(model, image, t, k, tuple(t.ms_ratios), flip=True).argmax(0).cpu(), label
-                )
+                ms = predict_probs(model, image, t, k, tuple(t.ms_ratios), flip=True, min_size=t.ms_min_size)
+                self.multi.update(ms.argmax(0).cpu(), label)
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self.single.matrix, self.multi.matrix if self.multi is not None else None

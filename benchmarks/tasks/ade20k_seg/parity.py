@@ -21,15 +21,7 @@ from backbones.checkpoint_io import read_checkpoint
 from backbones.registry import arch_of_size, architectures
 from backbones.vit import VisionTransformer
 
-from ...common.parity import (
-    FixtureError,
-    Stage,
-    checkpoint_file,
-    data_folders,
-    dense,
-    find_source_image,
-    read_fixture,
-)
+from ...common.parity import FixtureError, Stage, checkpoint_file, data_folders, dense, find_source_image, read_fixture
 from ...config import apply_overrides, flatten, load_config, protocol_config_path
 from .data import read_rgb, resize, test_size
 from .evaluate import slide_logits

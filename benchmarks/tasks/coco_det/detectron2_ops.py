@@ -34,11 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.roi_heads import (
-    RoIHeads,
-    maskrcnn_inference,
-    paste_masks_in_image,
-)
+from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, paste_masks_in_image
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import batched_nms, clip_boxes_to_image, roi_align
 from torchvision.ops.poolers import LevelMapper
@@ -64,6 +60,12 @@ class CellAnchorGenerator(AnchorGenerator):
                 h = ratio * w
                 anchors.append([-w / 2, -h / 2, w / 2, h / 2])
         return torch.tensor(anchors, dtype=dtype, device=device)
+
+    def forward(self, image_list, feature_maps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Anchors [A, 4] per image in fp32 whatever the features' dtype, as detectron2 builds them
+        (torchvision's casts them to the features' dtype: bf16 anchors are up to 4 px off at 1024)."""
+        grids = [f.new_empty((0, *f.shape[-2:]), dtype=torch.float32) for f in feature_maps]  # shapes only
+        return super().forward(image_list, grids)
 
 
 class DetectronLevelMapper(LevelMapper):

@@ -64,8 +64,8 @@ def to_coco_results(outputs: list[dict], image_ids: list[int], coco_id_of, mask_
             det = {
                 "image_id": image_id,
                 "category_id": coco_id_of(label),
-                "bbox": [round(v, 2) for v in box],
-                "score": round(score, 5),
+                "bbox": box,  # unrounded, as detectron2's COCOEvaluator writes them
+                "score": score,
             }
             if rles:
                 det["segmentation"] = {"size": rles[i]["size"], "counts": rles[i]["counts"].decode("ascii")}
@@ -179,7 +179,7 @@ class CocoEvaluator(Evaluator):
         return self.results
 
     def summarize(self, results: list[list[dict]], out_dir: Path) -> dict:
-        position = {image["id"]: i for i, image in enumerate(self.dataset.images)}
+        position = {int(image_id): i for i, image_id in enumerate(self.dataset.image_ids)}
         # in the test split's order, as one process would list them (COCOeval breaks score ties by order)
         results = sorted((r for part in results for r in part), key=lambda r: position[r["image_id"]])
         metrics = evaluate_results(self.dataset.annotation_file, results, out_dir, backend=self.backend)

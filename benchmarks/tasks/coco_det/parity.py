@@ -24,15 +24,7 @@ from backbones.checkpoint_io import read_checkpoint
 from backbones.registry import arch_of_size, architectures
 from backbones.vit import VisionTransformer
 
-from ...common.parity import (
-    FixtureError,
-    Stage,
-    checkpoint_file,
-    data_folders,
-    dense,
-    find_source_image,
-    read_fixture,
-)
+from ...common.parity import FixtureError, Stage, checkpoint_file, data_folders, dense, find_source_image, read_fixture
 from ...config import apply_overrides, flatten, load_config, protocol_config_path
 from .detectron2_checkpoint import is_detectron2, load_detectron2, model_state
 from .evaluate import detect, test_choices

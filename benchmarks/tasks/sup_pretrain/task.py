@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 
 from ...common.classifier import Classifier
 from ...common.coco_format import CocoInstances, coco_root, num_classes
+from ...common.serialized import SerializedList
 from ...engine.checkpoint import save_atomic
 from ...engine.distributed import DistInfo
 from ...engine.evaluation import Evaluator
@@ -34,12 +35,12 @@ class ObjectCrops(torch.utils.data.Dataset):
 
     def __init__(self, root: Path, split: str, size: int, train: bool):
         self.coco = CocoInstances(root, split, train=False)
-        self.items = [
+        self.items = SerializedList(
             (i, a)
-            for i, im in enumerate(self.coco.images)
-            for a in self.coco.anns[im["id"]]
+            for i, (_, anns) in enumerate(self.coco.records)
+            for a in anns
             if not a.get("iscrowd", 0) and min(a["bbox"][2:]) >= 2
-        ]
+        )
         self.size, self.train = size, train
         self.flip = v2.RandomHorizontalFlip(0.5 if train else 0.0)
 
@@ -48,7 +49,7 @@ class ObjectCrops(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         image_index, ann = self.items[index]
-        image = self.coco.read_image(self.coco.images[image_index])
+        image = self.coco.read_image(self.coco.record(image_index)[0])
         x, y, w, h = ann["bbox"]
         context = 1.0 + float(torch.rand(())) if self.train else 1.5
         shift = (torch.rand(2) - 0.5) * 0.2 if self.train else torch.zeros(2)
