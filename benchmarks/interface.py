@@ -76,13 +76,18 @@ class Task(ABC):
         """How the engine's loader batches training items (lists by default: detection images differ in size)."""
         return collate_lists
 
-    def batch_transform(self, cfg: DictConfig) -> Callable:
+    def batch_transform(self, cfg: DictConfig, model: nn.Module) -> Callable:
         """``(images, targets) -> (images, targets)`` on the device, after collation (Mixup / CutMix go here)."""
         return unit_range
 
     @abstractmethod
     def evaluator(self, cfg: DictConfig, root: Path) -> Evaluator:
         """The evaluation over the test split, run by the engine's one evaluation loop."""
+
+    def settings(self, cfg: DictConfig) -> dict[str, Any]:
+        """Config values that set a run apart within its protocol and that tables lay out (a plot's axis,
+        e.g. the number of fine-tuned blocks); recorded in ``metrics.json``."""
+        return {}
 
     def export(self, cfg: DictConfig, model: nn.Module, root: Path, out_dir: Path) -> dict[str, Any]:
         """Rank 0, after the final evaluation: files the run hands on (an encoder in an official layout);

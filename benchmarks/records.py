@@ -141,6 +141,7 @@ def metrics_record(
         "seed": cfg.train.seed,
         "metrics": metrics,
         "metric_info": [m.to_json() for m in task.metrics],
+        "settings": task.settings(cfg),
         "checkpoint": checkpoint,
         "git_commit": git_commit(),
         "started": started.isoformat(timespec="seconds"),

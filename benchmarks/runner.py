@@ -81,7 +81,7 @@ def execute(plan: Plan, info: DistInfo, started, stop: StopRequest | None, model
             plan.resume_from,
             stop,
             evaluate=partial(evaluate, plan, info=info),
-            transform=t.batch_transform(plan.cfg),
+            transform=t.batch_transform(plan.cfg, model),
             collate=t.collate(plan.cfg),
         )
     metrics = evaluate(plan, model, plan.out, info=info)

@@ -109,7 +109,8 @@ def read_runs(runs_dir: Path) -> Runs:
                 "source": checkpoint.get("source", ""),
                 "protocol": "released",
             }
-        rows.append({**meta, **numbers, "run": str(folder)})
+        settings = {f"setting.{k}": v for k, v in (record.get("settings") or {}).items()}
+        rows.append({**meta, **settings, **numbers, "run": str(folder)})
     return Runs(label_variants(pd.DataFrame(rows)), declared, skipped)
 
 
@@ -203,6 +204,31 @@ def paper_table(df: pd.DataFrame, paper: pd.DataFrame, table: PaperTable, with_p
     return out
 
 
+def figure_table(df: pd.DataFrame, paper: pd.DataFrame, table: PaperTable) -> pd.DataFrame:
+    """A figure's points as rows: the setting on its x axis (ours: mean ± std over seeds) beside the paper's."""
+    x, metric = table.figure["x"], table.columns[0]
+    runs = table.runs(df)
+    column = f"setting.{x}"
+    ours = {}
+    if len(runs) and column in runs:
+        for value, group in runs.groupby(runs[column].fillna(-1)):
+            values = group[metric].dropna()
+            ours[value] = cell(values.mean(), values.std(ddof=0), len(values))
+    published = {
+        table.figure["published_x"][r.protocol]: f"{r.value:.1f} [{r.source}]"
+        for r in table.paper_rows(paper).itertuples()
+        if r.metric == metric
+    }
+    points = sorted(set(ours) | set(published), key=float)
+    rows = {
+        ("all" if p == -1 else f"{p:g}"): {f"{metric} ours": ours.get(p, "–"), f"{metric} paper": published.get(p, "–")}
+        for p in points
+    }
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = x
+    return out
+
+
 def released_table(df: pd.DataFrame) -> pd.DataFrame:
     """Released fine-tuned models evaluated here, beside the numbers their authors published."""
     table = {}
@@ -229,16 +255,20 @@ def cpu_table(runs: Runs, df: pd.DataFrame) -> pd.DataFrame:
         if m["name"] in df and df[df.task == task][m["name"]].notna().any()
     ]
     archs = [a for a in SIZE_LETTERS if a in set(df.arch)]
+    labels = [label for _, _, label in columns]
+    named = {  # a label two tasks share (top-1: fine-tuned and probed) names its task
+        (task, metric): f"{label} {task}" if labels.count(label) > 1 else label for task, metric, label in columns
+    }
     table = {}
     pretrains = [p for p in ROW_ORDER if p in set(df.pretrain)] + sorted(set(df.pretrain) - set(ROW_ORDER))
     for pre, variant in [(p, v) for p in pretrains for v in sorted(set(df[df.pretrain == p].variant))]:
         row = {}
-        for task, metric, label in columns:
+        for task, metric, _ in columns:
             for arch in archs:
                 sel = df[(df.pretrain == pre) & (df.variant == variant) & (df.task == task) & (df.arch == arch)]
                 values = sel[metric].dropna()
                 mean = values.mean() if len(values) else float("nan")
-                row[f"{label} {short_name(arch)}"] = cell(mean, values.std(ddof=0), len(values))
+                row[f"{named[task, metric]} {short_name(arch)}"] = cell(mean, values.std(ddof=0), len(values))
         table[labelled(pre, variant)] = row
     return pd.DataFrame.from_dict(table, orient="index")
 
@@ -267,7 +297,11 @@ def report(runs: Runs, fmt: str, with_paper: bool) -> str:
         ]
         paper = paper_numbers()
         for table in paper_tables():
-            if len(table.runs(df)):
+            if not len(table.runs(df)):
+                continue
+            if table.figure:
+                parts += [f"## {table.title}", render(figure_table(df, paper, table), fmt)]
+            else:
                 parts += [
                     f"## {table.title}",
                     render(paper_table(df, paper, table, with_paper), fmt),

@@ -22,6 +22,9 @@ def plot_vs_paper(df: pd.DataFrame, paper: pd.DataFrame, out_dir: Path) -> list[
     for table in paper_tables():
         runs = table.runs(df)
         task, protocol, title = table.task, table.protocol, table.title
+        if table.figure:
+            written += plot_figure(runs, paper, table, out_dir)
+            continue
         for metric in table.columns:
             if metric not in runs or runs[metric].dropna().empty:
                 continue
@@ -47,6 +50,35 @@ def plot_vs_paper(df: pd.DataFrame, paper: pd.DataFrame, out_dir: Path) -> list[
             plt.close(fig)
             written.append(path)
     return written
+
+
+def plot_figure(runs: pd.DataFrame, paper: pd.DataFrame, table, out_dir: Path) -> list[Path]:
+    """A figure table (MAE Fig. 9): our mean ± std against the run setting on its x axis, the paper's points."""
+    x, metric = table.figure["x"], table.columns[0]
+    column = f"setting.{x}"
+    if column not in runs or metric not in runs or runs[metric].dropna().empty:
+        return []
+    stats = runs.dropna(subset=[column]).groupby(column)[metric].agg(["mean", "std"]).fillna(0).sort_index()
+    ref = table.paper_rows(paper)
+    ref = ref[ref.metric == metric]
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(stats.index, stats["mean"], yerr=stats["std"], marker="o", label="ours")
+    ax.scatter(
+        [table.figure["published_x"][p] for p in ref.protocol],
+        ref.value,
+        marker="s",
+        color="C1",
+        label="paper",
+        zorder=3,
+    )
+    ax.set(xlabel=x, ylabel=metric)
+    ax.set_title(table.title, fontsize=9)
+    ax.legend()
+    path = out_dir / f"{table.name}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
 
 
 def run_label(run) -> str:

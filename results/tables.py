@@ -37,6 +37,8 @@ class PaperTable:
     published: dict = field(default_factory=dict)  # {"protocol": ...}: its rows of paper_results.csv
     sweep: dict = field(default_factory=dict)  # {"backbones": [...], "protocol": config family}
     path: Path | None = None
+    figure: dict = field(default_factory=dict)  # {"x": a run setting, "published_x": {csv protocol: x}}
+    settings: dict = field(default_factory=dict)  # only runs with these settings (metrics.json "settings")
 
     @property
     def sweep_protocol(self) -> str:
@@ -47,10 +49,15 @@ class PaperTable:
         if df.empty:
             return df
         shorts = df.arch.map(lambda a: short_name(a) if a in SIZE_LETTERS else a)
-        return df[(df.task == self.task) & (df.protocol == self.protocol) & shorts.isin(self.archs)]
+        keep = (df.task == self.task) & (df.protocol == self.protocol) & shorts.isin(self.archs)
+        for key, value in self.settings.items():
+            column = df.get(f"setting.{key}", pd.Series(None, index=df.index, dtype=object))
+            keep &= column.isna() if value is None else column == value
+        return df[keep]
 
     def paper_rows(self, paper: pd.DataFrame) -> pd.DataFrame:
-        return paper[(paper.task == self.task) & (paper.protocol == self.published.get("protocol", self.protocol))]
+        protocols = list(self.figure.get("published_x", {})) or [self.published.get("protocol", self.protocol)]
+        return paper[(paper.task == self.task) & paper.protocol.isin(protocols)]
 
 
 def read_table(path: Path) -> PaperTable:
@@ -63,6 +70,7 @@ def read_table(path: Path) -> PaperTable:
     missing = [f for f in FIELDS if f not in data]
     if missing:
         raise TableError(f"table {path} lacks {missing}")
+    optional = {k: dict(data.get(k, {})) for k in ("sweep", "figure", "settings")}
     return PaperTable(
         path.stem,
         data["title"],
@@ -71,8 +79,8 @@ def read_table(path: Path) -> PaperTable:
         tuple(data["columns"]),
         tuple(data["archs"]),
         dict(data["published"]),
-        dict(data.get("sweep", {})),
-        path,
+        path=path,
+        **optional,
     )
 
 

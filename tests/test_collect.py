@@ -218,3 +218,27 @@ def test_plot_writes_pngs(runs, tmp_path):
     assert "coco_det_mae_paper_box_AP.png" in names and "ade20k_seg_upernet_mIoU.png" in names
     assert "coco_det_training.png" in names
     assert all((figures / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
+
+
+def test_imagenet_tables_and_the_partial_fine_tuning_figure(tmp_path, capsys):
+    """Runs of the ImageNet tasks fill MAE Table 3 / Table 12 and the Fig. 9 points by their recorded setting,
+    with no collector edit: the tasks declare their metrics, the tables live in configs/tables/."""
+    r = tmp_path / "runs"
+    write_run(r, "ft", "in1k_finetune", "mae_vit_b", "vit_base", "mae", "finetune", {"top1": 83.5, "top5": 96.4})
+    write_run(r, "lp", "in1k_linprobe", "mae_vit_b", "vit_base", "mae", "linprobe", {"top1": 67.9, "top5": 88.0})
+    for name, blocks, top1 in (("k1", 1, 80.5), ("k4", 4, 83.9)):
+        folder = write_run(r, name, "in1k_finetune", "mae_vit_l", "vit_large", "mae", "finetune", {"top1": top1})
+        record = json.loads((folder / "metrics.json").read_text())
+        record |= {"settings": {"finetune_blocks": blocks}, "config_digest": name}
+        (folder / "metrics.json").write_text(json.dumps(record))
+    assert main([str(r), "--paper", "--plot", str(tmp_path / "fig")]) == 0
+    out = capsys.readouterr().out
+    table3 = out.split("## MAE Table 3")[1].split("##")[0]
+    mae_row = next(line for line in table3.splitlines() if line.startswith("| mae "))
+    assert "83.5" in mae_row and "83.6 [MAE Table 3]" in mae_row and "-0.1" in mae_row
+    assert "68.0 [MAE Table 12]" in out.split("## MAE Table 12")[1].split("##")[0]
+    figure = out.split("## MAE Fig. 9")[1].split("##")[0]
+    row = {line.split("|")[1].strip(): line for line in figure.splitlines() if line.startswith("|")}
+    assert "80.5" in row["1"] and "81.0 [MAE Fig. 9]" in row["1"] and "83.9" in row["4"]
+    assert "79.1 [MAE Fig. 9]" in row["0.5"]
+    assert (tmp_path / "fig" / "mae_fig9.png").read_bytes()[:4] == b"\x89PNG"

@@ -24,10 +24,9 @@ COCO_SAMPLE = ROOT.parent / "shared" / "data" / "coco_sample"
 def test_plan_pretrains_first_and_fine_tunes_each_row_on_both_tasks(tmp_path):
     plan = steps(tmp_path, pretrain_opts=["model.mask_ratio=0.5"], seed=3)
     names = [s.folder.relative_to(tmp_path).as_posix() for s in plan]
-    assert names[:2] == ["mae_pretrain", "sup_pretrain"] and len(plan) == 8
-    assert {
-        f"{t}/{b}" for t in ("coco_det", "ade20k_seg") for b in ("random_vit_tiny", "sup_vit_tiny", "mae_vit_tiny")
-    } == set(names[2:])
+    assert names[:2] == ["mae_pretrain", "sup_pretrain"] and len(plan) == 14
+    tasks = ("coco_det", "ade20k_seg", "in1k_finetune", "in1k_linprobe")
+    assert {f"{t}/{b}" for t in tasks for b in ("random_vit_tiny", "sup_vit_tiny", "mae_vit_tiny")} == set(names[2:])
     by_name = dict(zip(names, plan, strict=True))
     assert by_name["coco_det/mae_vit_tiny"].after == [tmp_path / "mae_pretrain"]
     assert by_name["ade20k_seg/random_vit_tiny"].after == []
@@ -37,7 +36,15 @@ def test_plan_pretrains_first_and_fine_tunes_each_row_on_both_tasks(tmp_path):
     weights = by_name["ade20k_seg/sup_vit_tiny"].argv
     assert weights[weights.index("--weights") + 1] == str(tmp_path / "sup_pretrain" / "sup_pretrain_encoder.pth")
     only_mae = steps(tmp_path, rows=["mae"])
-    assert [s.folder.name for s in only_mae] == ["mae_pretrain", "mae_vit_tiny", "mae_vit_tiny"]
+    assert [s.folder.name for s in only_mae] == ["mae_pretrain"] + ["mae_vit_tiny"] * 4
+    imagenet = steps(tmp_path, rows=["random", "mae"], tasks=["in1k_linprobe", "in1k_finetune"])
+    assert [str(s.folder.relative_to(tmp_path)) for s in imagenet] == [
+        "mae_pretrain",
+        "in1k_finetune/random_vit_tiny",
+        "in1k_finetune/mae_vit_tiny",
+        "in1k_linprobe/random_vit_tiny",
+        "in1k_linprobe/mae_vit_tiny",
+    ]
 
 
 class FakeStep(Step):

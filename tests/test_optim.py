@@ -107,9 +107,11 @@ def test_epochs_and_blr_become_iterations_and_lr():
             },
         }
     )
-    resolve_epochs(cfg, num_images=5000)  # ceil(5000 / 1024) = 5 iterations an epoch
-    assert cfg.optim.lr == pytest.approx(4e-3) and cfg.train.iterations == 15
-    assert cfg.train.schedule.warmup_iters == 5 and cfg.train.schedule.cosine_begin == 5
+    resolve_epochs(cfg, num_images=5000)  # floor(5000 / 1024) = 4 iterations an epoch (MAE drops the last batch)
+    assert cfg.optim.lr == pytest.approx(4e-3) and cfg.train.iterations == 12
+    assert cfg.train.schedule.warmup_iters == 4 and cfg.train.schedule.cosine_begin == 4
+    with pytest.raises(ConfigError, match="1000 images.*one batch of 1024"):
+        resolve_epochs(cfg, num_images=1000)
     fixed = OmegaConf.create({"optim": {"lr": 0.1}, "train": {"images_per_batch": 8, "iterations": 7}})
     resolve_epochs(fixed, num_images=100)  # an iteration-counted recipe is left as it is
     assert fixed.optim.lr == 0.1 and fixed.train.iterations == 7

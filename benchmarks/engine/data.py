@@ -59,9 +59,15 @@ class SeededDataset(Dataset):
         return self.dataset[index]
 
 
-def to_device(target: dict, device) -> dict:
-    """A target dict's tensors on ``device`` (tv_tensors as plain tensors)."""
-    return {k: v.as_subclass(torch.Tensor).to(device) if isinstance(v, torch.Tensor) else v for k, v in target.items()}
+def to_device(batch, device):
+    """The tensors of a batch (nested in lists, tuples and dicts; tv_tensors as plain tensors) on ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.as_subclass(torch.Tensor).to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
 def collate_lists(batch):

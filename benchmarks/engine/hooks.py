@@ -50,7 +50,7 @@ class LRSchedule(HookBase):
         self.base_lr, self.schedule = base_lr, schedule
 
     def before_step(self, trainer) -> None:
-        factor = lr_factor(trainer.iter, trainer.max_iter, self.schedule)
+        factor = lr_factor(trainer.iter, trainer.max_iter, self.schedule, self.base_lr)
         trainer.lr = set_lr(trainer.optimizer, self.base_lr, factor)
 
 

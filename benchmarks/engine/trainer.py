@@ -96,12 +96,7 @@ class Trainer:
         tic = time.perf_counter()
         images, targets = next(self.batches)
         self.data_time += time.perf_counter() - tic
-        images = (
-            images.to(self.device, non_blocking=True)
-            if isinstance(images, torch.Tensor)
-            else [im.to(self.device, non_blocking=True) for im in images]
-        )
-        return self.transform(images, [to_device(t, self.device) for t in targets])
+        return self.transform(to_device(images, self.device), to_device(targets, self.device))
 
     def run_step(self) -> None:
         """Forward and backward over ``accumulate`` micro-batches (gradients synced on the last), then

@@ -10,11 +10,21 @@ from ..config import ConfigError
 from ..interface import Task
 from .ade20k_seg.task import ADE20KSegmentation
 from .coco_det.task import CocoDetection
+from .in1k_finetune.task import ImageNetFineTuning
+from .in1k_linprobe.task import ImageNetLinearProbe
 from .mae_pretrain.task import MAEPretraining
 from .sup_pretrain.task import SupervisedPretraining
 
 TASKS: dict[str, Task] = {
-    t.name: t for t in (CocoDetection(), ADE20KSegmentation(), MAEPretraining(), SupervisedPretraining())
+    t.name: t
+    for t in (
+        CocoDetection(),
+        ADE20KSegmentation(),
+        ImageNetFineTuning(),
+        ImageNetLinearProbe(),
+        MAEPretraining(),
+        SupervisedPretraining(),
+    )
 }
 
 

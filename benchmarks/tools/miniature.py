@@ -1,9 +1,10 @@
-"""The CPU miniature of MAE Tables 4 / 5, offline: ``python -m benchmarks.tools.miniature [--out DIR]``.
+"""The CPU miniature of MAE Tables 3 / 4 / 5 / 12, offline: ``python -m benchmarks.tools.miniature [--out DIR]``.
 
 1. MAE-pretrain a ViT-tiny on the synthetic images (``--task mae_pretrain --preset cpu``);
 2. train a supervised ViT-tiny on the synthetic images' object classes (``--task sup_pretrain``);
-3. fine-tune random init, supervised and MAE on the ``coco_det`` and ``ade20k_seg`` CPU presets;
-4. print the collector's table (rows: pretraining; columns: APbox, APmask, mIoU).
+3. fine-tune random init, supervised and MAE on the ``coco_det``, ``ade20k_seg``, ``in1k_finetune`` and
+   ``in1k_linprobe`` CPU presets;
+4. print the collector's table (rows: pretraining; columns: APbox, APmask, mIoU, top-1 fine-tuned and probed).
 
 Each step is a ``run_bench.py`` command, printed when it starts; ``--jobs`` of them run side by
 side (a fine-tuning starts as soon as its pretraining has finished), each with ``--threads``
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROWS = ("random", "supervised", "mae")
-FINETUNE_TASKS = ("coco_det", "ade20k_seg")
+FINETUNE_TASKS = ("coco_det", "ade20k_seg", "in1k_finetune", "in1k_linprobe")
 
 
 @dataclass
@@ -60,8 +61,9 @@ class Step:
         return [sys.executable, "-m", "benchmarks.cli", "--output-dir", str(self.folder), *resume, *self.argv]
 
 
-def steps(out: Path, rows=ROWS, pretrain_opts: list[str] = (), seed: int = 0) -> list[Step]:
-    """The miniature's runs, pretraining first; ``rows`` picks among random / supervised / mae."""
+def steps(out: Path, rows=ROWS, pretrain_opts: list[str] = (), seed: int = 0, tasks=FINETUNE_TASKS) -> list[Step]:
+    """The miniature's runs, pretraining first; ``rows`` picks among random / supervised / mae, ``tasks`` among
+    the fine-tuning tasks."""
     mae, sup = out / "mae_pretrain", out / "sup_pretrain"
 
     def run(task: str, backbone: str = "random_vit_tiny") -> list[str]:
@@ -77,7 +79,9 @@ def steps(out: Path, rows=ROWS, pretrain_opts: list[str] = (), seed: int = 0) ->
         "mae": ("mae_vit_tiny", mae / "mae_pretrain_vit_tiny.pth"),
     }
     plan = [pretraining[row] for row in ("mae", "supervised") if row in rows]
-    for task in FINETUNE_TASKS:  # the longer COCO runs first: the two job slots end closer together
+    for task in [
+        t for t in FINETUNE_TASKS if t in tasks
+    ]:  # the longer COCO runs first: the two job slots end closer together
         for row in [r for r in ROWS if r in rows]:
             backbone, weights = finetuned[row]
             argv = run(task, backbone) + (["--weights", str(weights)] if weights else [])
@@ -145,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="overrides of the MAE pretraining run, e.g. train.epochs=300 model.mask_ratio=0.5",
     )
+    p.add_argument(
+        "--tasks",
+        nargs="+",
+        choices=FINETUNE_TASKS,
+        default=list(FINETUNE_TASKS),
+        help="which fine-tuning tasks (default: all four)",
+    )
     p.add_argument("--seed", type=int, default=0, help="train.seed of every run")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (default 2)")
     p.add_argument(
@@ -154,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds run_steps, which stops the children
     start = time.time()
-    ok = run_steps(steps(args.out, args.rows, args.pretrain_opts, args.seed), args.jobs, threads, args.out / "logs")
+    ok = run_steps(
+        steps(args.out, args.rows, args.pretrain_opts, args.seed, args.tasks), args.jobs, threads, args.out / "logs"
+    )
     print(f"== {'all steps finished' if ok else 'stopped'} after {time.time() - start:.0f} s", flush=True)
     if not ok:
         return 2

@@ -21,15 +21,27 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
+from timm.data import ImageDataset, create_loader
 
 from backbones.registry import architectures, size_letter
 from backbones.vit import VisionTransformer
 
+from ..common.classification import (
+    DeviceAugment,
+    ViTClassifier,
+    collate_classification,
+    finetune_train_transform,
+    with_old_pillow_posterize,
+)
+from ..common.imagenet import ImageNet
 from ..config import apply_overrides, load_config, protocol_config_path
+from ..engine.data import train_loader
 from ..engine.optim import build_optimizer
 from ..tasks.ade20k_seg.model import build_upernet
 from ..tasks.coco_det.model import build_mask_rcnn
@@ -220,9 +232,113 @@ def speed_task(task: str, arch: str, size: int, repeats: int, threads: int, devi
     return results
 
 
+def imagenet_layout_from(images: Path, root: Path, classes: int = 10) -> Path:
+    """A train/<wnid>/ folder of links to ``images`` (real JPEGs), the classes in turn."""
+    for k, path in enumerate(sorted(p for p in images.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))):
+        folder = root / "train" / f"n{k % classes:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / path.name).symlink_to(path.resolve())
+    return root
+
+
+def images_per_second(batches, count: int, batch_size: int, step=None) -> float:
+    """Training images per second over ``count`` batches after two warm-up batches (``step``: applied to each)."""
+    it = iter(batches)
+    for _ in range(2):
+        step(*next(it)) if step else next(it)
+    tic = time.perf_counter()
+    for _ in range(count):
+        step(*next(it)) if step else next(it)
+    return count * batch_size / (time.perf_counter() - tic)
+
+
+def speed_in1k_data(data_root: Path | None, workers: int, batch: int, count: int, repeats: int, input_size: int):
+    """The fine-tuning recipe's input pipeline (decode, RandomResizedCrop, flip, RandAugment, then normalise and
+    random erasing of the batch) as the suite's loader and as timm's ``create_loader``, alternating."""
+    if data_root is None:  # the real COCO sample's JPEGs, filed into class folders
+        sample = Path(__file__).resolve().parents[3] / "shared" / "data" / "coco_sample" / "val2017"
+        data_root = imagenet_layout_from(sample, Path(tempfile.mkdtemp(prefix="in1k-speed-")))
+    aug = OmegaConf.create(
+        {
+            "reprob": 0.25,
+            "remode": "pixel",
+            "recount": 1,
+            "mixup": 0.0,
+            "cutmix": 0.0,
+            "mixup_prob": 1.0,
+            "mixup_switch_prob": 0.5,
+            "mixup_mode": "batch",
+        }
+    )
+    ours = ImageNet(data_root, "train", finetune_train_transform(input_size, "rand-m9-mstd0.5-inc1"))
+    augment = DeviceAugment(aug, len(ours.classes), 0.0)
+    results = {"suite": [], "timm": []}
+    for _ in range(repeats):
+        loader = train_loader(ours, batch, workers, 0, 0, 1, start=0, collate=collate_classification)
+        results["suite"].append(images_per_second(loader, count, batch, augment))
+        timm_loader = create_loader(
+            ImageDataset(str(data_root / "train")),
+            input_size,
+            batch,
+            is_training=True,
+            auto_augment="rand-m9-mstd0.5-inc1",
+            interpolation="bicubic",
+            re_prob=0.25,
+            re_mode="pixel",
+            num_workers=workers,
+            device=torch.device("cpu"),
+            persistent_workers=False,
+        )
+        with_old_pillow_posterize(timm_loader.dataset.transform)
+        results["timm"].append(images_per_second(cycle(timm_loader), count, batch))
+    for name, values in results.items():
+        median = statistics.median(values)
+        print(
+            f"{name:6s} median {median:7.1f} img/s = {median / workers:6.1f} img/s per worker  "
+            f"({', '.join(f'{v:.1f}' for v in values)})",
+            flush=True,
+        )
+    ratio = statistics.median(results["suite"]) / statistics.median(results["timm"])
+    print(f"{len(ours)} JPEGs under {data_root}, {input_size} px, batch {batch}, {workers} workers, {count} batches")
+    print(f"suite / timm: {ratio:.2f}")
+    return ratio
+
+
+def cycle(loader):
+    while True:
+        yield from loader
+
+
+def speed_vit_step(arch: str, batch: int, repeats: int, device: str) -> float:
+    """Images per second of the fine-tuning step (forward, backward, AdamW; fp16 autocast on a GPU) of ``arch``."""
+    dev = torch.device(device)
+    model = ViTClassifier(VisionTransformer(**architectures()[arch], img_size=224, final_norm=False), 1000, "avg")
+    model.to(dev).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler(dev.type, enabled=dev.type == "cuda")
+    x, y = torch.randn(batch, 3, 224, 224, device=dev), torch.randint(0, 1000, (batch,), device=dev)
+
+    def step(images, labels):
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=dev.type == "cuda"):
+            loss = model(images, labels)["loss_cls"]
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    rate = images_per_second(((x, y) for _ in iter(int, 1)), repeats, batch, step)
+    print(f"{arch} fine-tuning step at 224, batch {batch}, {device}: {rate:.1f} img/s")
+    return rate
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("what", choices=["mae", "coco", "ade20k", "worker"])
+    p.add_argument("what", choices=["mae", "coco", "ade20k", "in1k_data", "in1k_step", "worker"])
+    p.add_argument("--data-root", type=Path, help="in1k_data: an ImageNet-layout folder (default: the COCO sample)")
+    p.add_argument("--workers", type=int, default=1, help="in1k_data: loader workers")
+    p.add_argument("--batches", type=int, default=20, help="in1k_data: timed batches per repeat")
     p.add_argument("--arch", default="vit_base")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=5)
@@ -235,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.what == "mae":
         speed_mae(args.arch, args.batch, args.repeats, args.img_size)
+    elif args.what == "in1k_data":
+        speed_in1k_data(args.data_root, args.workers, args.batch, args.batches, args.repeats, args.img_size)
+    elif args.what == "in1k_step":
+        speed_vit_step(args.arch, args.batch, args.repeats, args.device)
     elif args.what in ("coco", "ade20k"):
         size = args.size or (1024 if args.what == "coco" else 512)
         speed_task(args.what, args.arch, size, args.repeats, args.threads, args.device)
