@@ -35,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset",
         default="paper",
-        choices=["paper", "cpu"],
-        help="paper: the published protocol; cpu: a small CPU run on synthetic data",
+        choices=["paper", "cpu", "ci"],
+        help="paper: published protocol; cpu: a small CPU run on synthetic data; ci: the regression check's run",
     )
     p.add_argument("--protocol", help="protocol family of the default config (coco_det: vitdet or mae_paper)")
     p.add_argument(

@@ -1,8 +1,9 @@
 """Run folders -> comparison tables in the papers' layout, and the accuracy regression check.
 
     python -m results.collect RUNS_DIR [--format md|csv|latex|html] [--paper] [--out FILE]
-    python -m results.collect RUNS_DIR --check results/baselines/cpu.json [--tolerance 0.5]
-    python -m results.collect RUNS_DIR --update-baseline results/baselines/cpu.json
+    python -m results.collect RUNS_DIR --check results/baselines/ci.json [--tolerance auto|0.5] [--alpha 0.01]
+    python -m results.collect RUNS_DIR --against paper [--k 3]
+    python -m results.collect RUNS_DIR --update-baseline results/baselines/ci.json
     python -m results.collect RUNS_DIR --plot figures/
 
 Every ``metrics.json`` below RUNS_DIR becomes one row. What a run's numbers mean comes from the
@@ -28,6 +29,7 @@ import pandas as pd
 
 from backbones.registry import PRETRAIN_TAGS, SIZE_LETTERS, short_name
 
+from .regression import DEFAULT_ALPHA, BaselineError, against_paper, baseline_record, check, measured
 from .tables import PaperTable, paper_numbers, paper_tables
 
 ROW_ORDER = PRETRAIN_TAGS  # rows of every table: scratch first, MAE last
@@ -157,16 +159,17 @@ def describe(column: str, value) -> str:
 
 
 def summarize(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """Mean, std and count per experiment (task, protocol, preset, backbone, variant) for ``metrics``."""
+    """Mean ± sample std (n) per experiment (task, protocol, preset, backbone, variant) for ``metrics``."""
     keys = ["task", "protocol", "preset", "backbone", "variant", "arch", "pretrain"]
     present = [m for m in metrics if m in df]
     grouped = df.groupby(keys, dropna=False)[present]
-    out = grouped.mean().round(2)
-    std = grouped.std(ddof=0).round(2)
-    count = grouped.size()
-    for m in present:
-        out[m] = [cell(mu, sd, n) for mu, sd, n in zip(out[m], std[m], count, strict=True)]
+    out = grouped.agg(lambda values: spread(values.dropna()))
     return out.reset_index()
+
+
+def spread(values: pd.Series) -> str:
+    """Seeds of one experiment as the tables print them: mean ± sample std (ddof 1) (n), rounded once."""
+    return cell(values.mean() if len(values) else float("nan"), values.std(ddof=1), len(values))
 
 
 def cell(mean, std, n) -> str:
@@ -190,7 +193,7 @@ def paper_table(df: pd.DataFrame, paper: pd.DataFrame, table: PaperTable, with_p
                 sel = mine[mine.arch.map(short_name) == short] if len(mine) else mine
                 values = sel[metric].dropna() if metric in sel else pd.Series(dtype=float)
                 ours = values.mean() if len(values) else float("nan")
-                row[(metric, short, "ours")] = cell(ours, values.std(ddof=0), len(values))
+                row[(metric, short, "ours")] = spread(values)
                 if with_paper:
                     match = ref[(ref.pretrain == pre) & (ref.backbone == short) & (ref.metric == metric)]
                     value = float(match.value.iloc[0]) if len(match) else float("nan")
@@ -212,8 +215,7 @@ def figure_table(df: pd.DataFrame, paper: pd.DataFrame, table: PaperTable) -> pd
     ours = {}
     if len(runs) and column in runs:
         for value, group in runs.groupby(runs[column].fillna(-1)):
-            values = group[metric].dropna()
-            ours[value] = cell(values.mean(), values.std(ddof=0), len(values))
+            ours[value] = spread(group[metric].dropna())
     published = {
         table.figure["published_x"][r.protocol]: f"{r.value:.1f} [{r.source}]"
         for r in table.paper_rows(paper).itertuples()
@@ -266,9 +268,7 @@ def cpu_table(runs: Runs, df: pd.DataFrame) -> pd.DataFrame:
         for task, metric, _ in columns:
             for arch in archs:
                 sel = df[(df.pretrain == pre) & (df.variant == variant) & (df.task == task) & (df.arch == arch)]
-                values = sel[metric].dropna()
-                mean = values.mean() if len(values) else float("nan")
-                row[f"{named[task, metric]} {short_name(arch)}"] = cell(mean, values.std(ddof=0), len(values))
+                row[f"{named[task, metric]} {short_name(arch)}"] = spread(sel[metric].dropna())
         table[labelled(pre, variant)] = row
     return pd.DataFrame.from_dict(table, orient="index")
 
@@ -324,34 +324,13 @@ def report(runs: Runs, fmt: str, with_paper: bool) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def cell_key(row) -> str:
-    """task/backbone/preset/protocol, and the variant where a folder holds several experiments of one cell."""
-    return labelled(f"{row['task']}/{row['backbone']}/{row['preset']}/{row['protocol']}", row.get("variant"))
-
-
-def measured(runs: Runs) -> dict[str, dict[str, float]]:
-    """Mean headline metric per experiment (the baseline's cells): runs that differ only in the seed."""
-    df, out = runs.df, {}
-    for key, group in df.groupby(df.apply(cell_key, axis=1)):
-        names = [m["name"] for m in runs.headline(group.task.iloc[0]) if m["name"] in group]
-        values = group[names].mean()
-        out[key] = {k: round(float(v), 2) for k, v in values.items() if pd.notna(v)}
-    return out
-
-
-def check(runs: Runs, baseline_path: Path, tolerance: float) -> list[str]:
-    """Every baseline cell whose metric dropped by more than ``tolerance`` (or is missing)."""
-    baseline = json.loads(baseline_path.read_text())
-    now = measured(runs) if len(runs.df) else {}
-    failures = []
-    for key, expected in baseline.items():
-        for metric, value in expected.items():
-            got = now.get(key, {}).get(metric)
-            if got is None:
-                failures.append(f"{key} {metric}: missing (expected {value:.2f})")
-            elif got < value - tolerance:
-                failures.append(f"{key} {metric}: {got:.2f} < baseline {value:.2f} - {tolerance}")
-    return failures
+def tolerance_value(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give metric points (e.g. 0.5) or auto") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,14 +339,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--format", default="md", choices=["md", "csv", "latex", "html"])
     p.add_argument("--paper", action="store_true", help="add the papers' numbers and the delta beside each cell")
     p.add_argument("--out", type=Path, help="write the tables to this file instead of stdout")
-    p.add_argument("--check", type=Path, metavar="BASELINE", help="fail when a metric dropped below the baseline")
-    p.add_argument("--tolerance", type=float, default=0.5, help="allowed drop, in metric points")
+    p.add_argument("--check", type=Path, metavar="BASELINE", help="fail when a metric moved away from the baseline")
+    p.add_argument(
+        "--tolerance",
+        default=0.5,
+        type=tolerance_value,
+        help="allowed |difference| in metric points, or 'auto': what the baseline's seed spread explains at --alpha",
+    )
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="false-alarm rate per metric of --tolerance auto")
+    p.add_argument(
+        "--against",
+        choices=["paper"],
+        help="paper: fail a cell below the published number minus --k published seed stds (where published)",
+    )
+    p.add_argument("--k", type=float, default=3.0, help="published seed stds allowed below the paper (--against)")
     p.add_argument("--update-baseline", type=Path, metavar="BASELINE", help="write the measured metrics as baseline")
+    p.add_argument("--how", default="", help="with --update-baseline: how the baseline was taken (kept in the file)")
     p.add_argument("--plot", type=Path, metavar="DIR", help="write figures: ours vs paper per cell, training curves")
     args = p.parse_args(argv)
     if not args.runs_dir.is_dir():
         print(f"error: {args.runs_dir} is not a folder: name the folder that holds the run folders", file=sys.stderr)
         return 2
+    tolerance = args.tolerance
     if args.check and not args.check.is_file():
         print(f"error: no baseline {args.check}: record one with --update-baseline {args.check}", file=sys.stderr)
         return 2
@@ -383,16 +376,37 @@ def main(argv: list[str] | None = None) -> int:
         args.plot.mkdir(parents=True, exist_ok=True)
         figures = plot_vs_paper(runs.df, paper_numbers(), args.plot) + plot_training_curves(runs.df, args.plot)
         print(f"wrote {len(figures)} figures to {args.plot}", file=sys.stderr)
+    headline = lambda task: [m["name"] for m in runs.headline(task)]  # noqa: E731
     if args.update_baseline:
         args.update_baseline.parent.mkdir(parents=True, exist_ok=True)
-        args.update_baseline.write_text(json.dumps(measured(runs), indent=1, sort_keys=True) + "\n")
+        record = baseline_record(measured(runs.df, headline), args.how)
+        args.update_baseline.write_text(json.dumps(record, indent=1) + "\n")
         print(f"wrote baseline {args.update_baseline}", file=sys.stderr)
+    status = 0
     if args.check:
-        failures = check(runs, args.check, args.tolerance)
+        try:
+            failures, passes = check(
+                measured(runs.df, headline), json.loads(args.check.read_text()), tolerance, args.alpha
+            )
+        except BaselineError as err:
+            print(f"error: {args.check}: {err}", file=sys.stderr)
+            return 2
+        rule = f"tolerance {tolerance}" + (f", alpha {args.alpha} per metric" if tolerance == "auto" else "")
+        print(f"accuracy check against {args.check} ({rule}):\n  " + "\n  ".join(failures + passes), file=sys.stderr)
         if failures:
-            print("accuracy regression:\n  " + "\n  ".join(failures), file=sys.stderr)
-            return 1
-        print(f"accuracy check passed against {args.check} (tolerance {args.tolerance})", file=sys.stderr)
+            print(f"accuracy regression: {len(failures)} of {len(failures) + len(passes)} failed", file=sys.stderr)
+            status = 1
+        else:
+            print("accuracy check passed", file=sys.stderr)
+    if args.against == "paper":
+        failures, notes = against_paper(runs.df, paper_numbers(), args.k)
+        print(
+            "against the papers:\n  " + "\n  ".join(failures + notes or ["no run fills a paper table"]), file=sys.stderr
+        )
+        if failures:
+            print(f"below the papers: {len(failures)}", file=sys.stderr)
+            status = 1
+    return status
     return 0
 
 

@@ -68,7 +68,9 @@ def test_paper_layout_with_seeds_stand_ins_and_skipped(runs, capsys):
     out = capsys.readouterr().out
     table4 = out.split("## MAE Table 4")[1].split("##")[0]
     mae_row = next(line for line in table4.splitlines() if line.startswith("| mae "))
-    assert "50.5 ± 0.5 (n=2)" in mae_row and "50.3 [MAE Table 4]" in mae_row and "+0.2" in mae_row
+    assert (
+        "50.5 ± 0.7 (n=2)" in mae_row
+    )  # sample std of 50, 51: 0.707 and "50.3 [MAE Table 4]" in mae_row and "+0.2" in mae_row
     assert "supervised_in1k †" in table4  # a stand-in is never passed off as the paper's row
     assert "49.3 [MAE Table 4]" in table4 and "-0.3" in table4  # ViT-L supervised: 49.0 vs 49.3
     table5 = out.split("## MAE Table 5")[1]
@@ -89,16 +91,20 @@ def test_check_passes_then_fails_on_drop_and_missing(runs, tmp_path, capsys):
     baseline = tmp_path / "baseline.json"
     assert main([str(runs), "--update-baseline", str(baseline)]) == 0
     data = json.loads(baseline.read_text())
-    assert data["coco_det/mae_vit_b/paper/mae_paper"] == {"box_AP": 50.5, "mask_AP": 44.5}
+    box = data["cells"]["coco_det/mae_vit_b/paper/mae_paper"]["box_AP"]
+    assert box == {"mean": 50.5, "std": 0.7071, "n": 2, "values": [50.0, 51.0], "seeds": [0, 1]}
     assert main([str(runs), "--check", str(baseline)]) == 0
 
-    data["coco_det/mae_vit_b/paper/mae_paper"]["box_AP"] = 51.2  # now 50.5 is 0.7 below
-    data["ade20k_seg/beit_vit_b/paper/upernet"] = {"mIoU": 45.0}  # a cell no run produced
+    box["mean"] = 51.2  # now 50.5 is 0.7 below
+    data["cells"]["ade20k_seg/beit_vit_b/paper/upernet"] = {"mIoU": {"mean": 45.0, "std": None, "n": 1}}  # no run
     baseline.write_text(json.dumps(data))
     capsys.readouterr()
     assert main([str(runs), "--check", str(baseline), "--tolerance", "0.5"]) == 1
     err = capsys.readouterr().err
-    assert "coco_det/mae_vit_b/paper/mae_paper box_AP: 50.50 < baseline 51.20" in err
+    assert (
+        "coco_det/mae_vit_b/paper/mae_paper box_AP: 50.50 (n=2) vs baseline 51.20 ± 0.71 (n=2): -0.70, allowed ±0.50"
+        in err
+    )
     assert "ade20k_seg/beit_vit_b/paper/upernet mIoU: missing" in err
     assert main([str(runs), "--check", str(baseline), "--tolerance", "1.0"]) == 1  # still missing
 
@@ -131,13 +137,14 @@ def test_only_runs_that_differ_in_the_seed_are_averaged(tmp_path, capsys):
         (folder / "metrics.json").write_text(json.dumps(record))
     baseline = tmp_path / "b.json"
     assert main([str(r), "--update-baseline", str(baseline), "--out", str(tmp_path / "t.md")]) == 0
-    cells = json.loads(baseline.read_text())
-    assert cells["coco_det/random_vit_tiny/cpu/vitdet [dataset synthetic_coco, config aaa, 400 it]"]["box_AP"] == 31.0
-    assert cells["coco_det/random_vit_tiny/cpu/vitdet [dataset coco_sample, config bbb, 2 it]"]["box_AP"] == 0.5
-    assert cells["coco_det/random_vit_tiny/cpu/mae_paper"]["box_AP"] == 10.0
+    cells = json.loads(baseline.read_text())["cells"]
+    seeds = cells["coco_det/random_vit_tiny/cpu/vitdet [dataset synthetic_coco, config aaa, 400 it]"]["box_AP"]
+    assert (seeds["mean"], seeds["n"]) == (31.0, 2)
+    assert cells["coco_det/random_vit_tiny/cpu/vitdet [dataset coco_sample, config bbb, 2 it]"]["box_AP"]["mean"] == 0.5
+    assert cells["coco_det/random_vit_tiny/cpu/mae_paper"]["box_AP"]["mean"] == 10.0
     assert len(cells) == 3
     table = (tmp_path / "t.md").read_text()
-    assert "31.0 ± 1.0 (n=2)" in table and "(n=3)" not in table and "15.8" not in table
+    assert "31.0 ± 1.4 (n=2)" in table and "(n=3)" not in table and "15.8" not in table
 
 
 def test_a_re_evaluation_is_not_a_second_seed(tmp_path, capsys):
@@ -242,3 +249,112 @@ def test_imagenet_tables_and_the_partial_fine_tuning_figure(tmp_path, capsys):
     assert "80.5" in row["1"] and "81.0 [MAE Fig. 9]" in row["1"] and "83.9" in row["4"]
     assert "79.1 [MAE Fig. 9]" in row["0.5"]
     assert (tmp_path / "fig" / "mae_fig9.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def seed_runs(root, values, name="s", backbone="random_vit_tiny"):
+    """CI-like runs of one experiment, one per seed: box AP = mask AP = each value."""
+    for seed, v in enumerate(values):
+        write_run(
+            root,
+            f"{name}{seed}",
+            "coco_det",
+            backbone,
+            "vit_tiny",
+            "random",
+            "vitdet",
+            {"box_AP": v, "mask_AP": v},
+            seed=seed,
+            preset="ci",
+        )
+    return root
+
+
+BASELINE_SEEDS = (30.0, 31.0, 29.5, 30.5, 29.0, 30.0, 31.5, 28.5)  # mean 30.0, sample std 1.0
+
+
+def test_tolerance_auto_passes_inside_the_seed_spread_and_fails_outside(tmp_path, capsys):
+    """Baseline: 8 seeds, mean 30.0, sd 1.0. With 3 CI seeds at alpha 0.01 the allowed difference is
+    t(0.995, 7) x 1.0 x sqrt(1/3 + 1/8) = 3.499 x 0.677 = 2.37 points, both ways."""
+    baseline = tmp_path / "b.json"
+    assert (
+        main(
+            [
+                str(seed_runs(tmp_path / "base", BASELINE_SEEDS)),
+                "--update-baseline",
+                str(baseline),
+                "--out",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 0
+    )
+    recorded = json.loads(baseline.read_text())["cells"]["coco_det/random_vit_tiny/ci/vitdet"]["box_AP"]
+    assert (recorded["mean"], recorded["std"], recorded["n"]) == (30.0, 1.0, 8)
+    cases = {"inside": (28.5, 29.5, 29.0), "below": (27.0, 28.0, 27.5), "above": (33.0, 32.0, 32.5)}  # -1.0, -2.5, +2.5
+    verdicts = {}
+    for case, values in cases.items():
+        capsys.readouterr()
+        verdicts[case] = main(
+            [
+                str(seed_runs(tmp_path / case, values)),
+                "--check",
+                str(baseline),
+                "--tolerance",
+                "auto",
+                "--out",
+                str(tmp_path / "t"),
+            ]
+        )
+        err = capsys.readouterr().err
+        assert "allowed ±2.37" in err, err
+    assert verdicts == {"inside": 0, "below": 1, "above": 1}
+    # a looser false-alarm rate narrows the band: -1.0 fails at alpha 0.5 (t(0.75, 7) x 0.677 = 0.48)
+    assert (
+        main(
+            [
+                str(tmp_path / "inside"),
+                "--check",
+                str(baseline),
+                "--tolerance",
+                "auto",
+                "--alpha",
+                "0.5",
+                "--out",
+                str(tmp_path / "t"),
+            ]
+        )
+        == 1
+    )
+
+
+def test_tolerance_auto_refuses_a_baseline_without_spread(tmp_path, capsys):
+    runs = seed_runs(tmp_path / "runs", (30.0,))
+    old = tmp_path / "old.json"  # format 1: a mean per metric, no spread
+    old.write_text(json.dumps({"coco_det/random_vit_tiny/ci/vitdet": {"box_AP": 30.0, "mask_AP": 30.0}}))
+    assert main([str(runs), "--check", str(old), "--tolerance", "1", "--out", str(tmp_path / "t")]) == 0
+    assert main([str(runs), "--check", str(old), "--tolerance", "auto", "--out", str(tmp_path / "t")]) == 2
+    assert "re-record it with --update-baseline" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(runs), "--check", str(old), "--tolerance", "lots"])
+
+
+def test_one_rounding_in_every_table(tmp_path, capsys):
+    """Seeds 34.04 and 35.07 (mean 34.555, sample std 0.728): 34.6 ± 0.7 in the all-runs table and in
+    the CPU table alike (the old code rounded the mean to 34.55 first, then printed 34.5)."""
+    seed_runs(tmp_path / "r", (34.04, 35.07))
+    assert main([str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("34.6 ± 0.7 (n=2)") >= 2 and "34.5" not in out
+
+
+def test_against_paper_uses_published_seed_spread_where_there_is_one(tmp_path, capsys):
+    """MAE FINETUNE.md: ViT-B 83.57 ± 0.08 over 4 seeds (Table 3: 83.6). At k = 3 a run at 83.3 passes and one
+    at 83.2 fails; COCO publishes no seed spread, so its cell is reported as not checked."""
+    r = tmp_path / "runs"
+    write_run(r, "ft", "in1k_finetune", "mae_vit_b", "vit_base", "mae", "finetune", {"top1": 83.2, "top5": 96.4})
+    write_run(r, "det", "coco_det", "mae_vit_b", "vit_base", "mae", "mae_paper", {"box_AP": 50.0, "mask_AP": 44.0})
+    assert main([str(r), "--against", "paper", "--out", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err
+    assert "mae vit_b top1: 83.20 (n=1) vs published 83.6 - 3.0 x 0.08 = 83.36" in err
+    assert "mae vit_b box_AP: not checked, MAE Table 4 publishes no seed spread" in err
+    assert main([str(r), "--against", "paper", "--k", "5", "--out", str(tmp_path / "t")]) == 0
