@@ -30,7 +30,7 @@ import pandas as pd
 from backbones.registry import PRETRAIN_TAGS, SIZE_LETTERS, short_name
 
 from .regression import DEFAULT_ALPHA, BaselineError, against_paper, baseline_record, check, measured
-from .tables import PaperTable, paper_numbers, paper_tables
+from .tables import PaperTable, labelled, paper_numbers, paper_tables
 
 ROW_ORDER = PRETRAIN_TAGS  # rows of every table: scratch first, MAE last
 RUN_MARKERS = ("config.yaml", "load_report.json", "last_checkpoint.pth")
@@ -141,11 +141,6 @@ def label_variants(df: pd.DataFrame) -> pd.DataFrame:
         for index, run in cell.iterrows():
             df.loc[index, "variant"] = ", ".join(describe(c, run[c]) for c in differ if c != "config")
     return df
-
-
-def labelled(name: str, variant: str) -> str:
-    """A row or cell name, with the variant that sets its experiment apart (if any)."""
-    return name + (f" [{variant}]" if variant else "")
 
 
 def describe(column: str, value) -> str:
@@ -360,7 +355,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.runs_dir.is_dir():
         print(f"error: {args.runs_dir} is not a folder: name the folder that holds the run folders", file=sys.stderr)
         return 2
-    tolerance = args.tolerance
     if args.check and not args.check.is_file():
         print(f"error: no baseline {args.check}: record one with --update-baseline {args.check}", file=sys.stderr)
         return 2
@@ -386,12 +380,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         try:
             failures, passes = check(
-                measured(runs.df, headline), json.loads(args.check.read_text()), tolerance, args.alpha
+                measured(runs.df, headline), json.loads(args.check.read_text()), args.tolerance, args.alpha
             )
         except BaselineError as err:
             print(f"error: {args.check}: {err}", file=sys.stderr)
             return 2
-        rule = f"tolerance {tolerance}" + (f", alpha {args.alpha} per metric" if tolerance == "auto" else "")
+        rule = f"tolerance {args.tolerance}" + (f", alpha {args.alpha} per metric" if args.tolerance == "auto" else "")
         print(f"accuracy check against {args.check} ({rule}):\n  " + "\n  ".join(failures + passes), file=sys.stderr)
         if failures:
             print(f"accuracy regression: {len(failures)} of {len(failures) + len(passes)} failed", file=sys.stderr)
@@ -407,7 +401,6 @@ def main(argv: list[str] | None = None) -> int:
             print(f"below the papers: {len(failures)}", file=sys.stderr)
             status = 1
     return status
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,9 +25,7 @@ from dataclasses import dataclass
 import pandas as pd
 from scipy import stats
 
-from backbones.registry import SIZE_LETTERS, short_name
-
-from .tables import paper_tables
+from .tables import labelled, paper_tables, table_arch
 
 DEFAULT_ALPHA = 0.01
 
@@ -38,9 +36,7 @@ class BaselineError(ValueError):
 
 def cell_key(row) -> str:
     """task/backbone/preset/protocol, and the variant where a folder holds several experiments of one cell."""
-    key = f"{row['task']}/{row['backbone']}/{row['preset']}/{row['protocol']}"
-    variant = row.get("variant")
-    return key + (f" [{variant}]" if variant else "")
+    return labelled(f"{row['task']}/{row['backbone']}/{row['preset']}/{row['protocol']}", row.get("variant"))
 
 
 @dataclass(frozen=True)
@@ -148,7 +144,7 @@ def against_paper(df: pd.DataFrame, paper: pd.DataFrame, k: float) -> tuple[list
         if not len(runs):
             continue
         ref = table.paper_rows(paper)
-        shorts = runs.arch.map(lambda a: short_name(a) if a in SIZE_LETTERS else a)
+        shorts = runs.arch.map(table_arch)
         for (pretrain, arch), group in runs.groupby([runs.pretrain, shorts]):
             for metric in table.columns:
                 values = group[metric].dropna() if metric in group else pd.Series(dtype=float)

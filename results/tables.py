@@ -20,6 +20,16 @@ PAPER_CSV = Path(__file__).resolve().parent / "paper_results.csv"
 FIELDS = ("title", "task", "protocol", "columns", "archs", "published")
 
 
+def labelled(name: str, variant: str) -> str:
+    """A row or cell name, with the variant that sets its experiment apart (if any)."""
+    return name + (f" [{variant}]" if variant else "")
+
+
+def table_arch(arch: str) -> str:
+    """The papers' name of an architecture (vit_base -> vit_b); one the papers lack stays as it is."""
+    return short_name(arch) if arch in SIZE_LETTERS else arch
+
+
 class TableError(ValueError):
     """A table file that cannot be read; the message names the file and what is missing."""
 
@@ -48,7 +58,7 @@ class PaperTable:
         """The collected runs that fill this table: its task and protocol, at its architectures."""
         if df.empty:
             return df
-        shorts = df.arch.map(lambda a: short_name(a) if a in SIZE_LETTERS else a)
+        shorts = df.arch.map(table_arch)
         keep = (df.task == self.task) & (df.protocol == self.protocol) & shorts.isin(self.archs)
         for key, value in self.settings.items():
             column = df.get(f"setting.{key}", pd.Series(None, index=df.index, dtype=object))

@@ -5,7 +5,7 @@ import pytest
 from conftest import ROOT
 from omegaconf import OmegaConf
 
-from benchmarks.config import preset_config_path
+from benchmarks.config import load_config, preset_config_path
 from benchmarks.tools import regression, regression_power
 
 
@@ -35,8 +35,10 @@ def test_every_opts_change_names_keys_the_presets_have():
     for change in changes():
         for task, opts in change.get("opts", {}).items():
             assert task in s["tasks"], change["name"]
-            cfg = OmegaConf.load(ROOT / "configs" / task / "ci.yaml")  # keys may come from the bases
-            assert opts and all("=" in o for o in opts) and cfg is not None
+            cfg = load_config(preset_config_path(task, "ci"))  # merged over its bases
+            for opt in opts:
+                key = opt.split("=")[0]
+                assert OmegaConf.select(cfg, key) is not None, f"{change['name']}: {task} ci preset has no {key}"
 
 
 def test_a_patched_tree_is_a_copy(tmp_path):

@@ -6,9 +6,8 @@ headline metric with ``results/baselines/inference.json`` within ``inference_tol
 across thread counts and CPUs; measured: README). ``--record-inference`` writes that file.
 
 Training (statistical): runs the ``ci`` preset of each task in ``configs/regression.yaml`` (random-init
-ViT-tiny, about a
-minute each on one thread) once per seed, ``--jobs`` side by side, longest first so that both
-cores work to the end, then checks the seeds' mean against the baseline with the collector
+ViT-tiny, one to three minutes each on one thread) once per seed, ``--jobs`` side by side, longest first
+so that both cores work to the end, then checks the seeds' mean against the baseline with the collector
 (``--tolerance auto``: what the baseline's seed spread explains at ``--alpha``). ``--record``
 runs the baseline's seeds and writes the baseline instead. README, "The regression check".
 """
