@@ -19,7 +19,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2  # two workers: most tests wait on a subprocess or on single-threaded decoding
 
 # Accuracy regression (CI, after the tests; README "The regression check"): the fixed weights' evaluation
 # (deterministic, tolerance 0.02) and the ci presets at the CI seeds, two 1-thread runs side by side, checked

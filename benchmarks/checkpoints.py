@@ -43,10 +43,13 @@ def released_models(path: Path = RELEASED_FILE) -> dict[str, ReleasedModel]:
     return {name: ReleasedModel(name=name, **entry) for name, entry in data.items()}
 
 
-def resolve_checkpoint(name_or_path: str, task: str) -> tuple[Path, dict[str, Any], ReleasedModel | None]:
-    """A registered release name (downloaded once, verified) or a file path -> (path, integrity info, release)."""
+def resolve_checkpoint(
+    name_or_path: str, task: str, also: tuple[str, ...] = ()
+) -> tuple[Path, dict[str, Any], ReleasedModel | None]:
+    """A registered release name (downloaded once, verified) or a file path -> (path, integrity info, release).
+    ``also``: other tasks whose models ``task`` evaluates (robustness: the IN-1K fine-tuned ones)."""
     release = released_models().get(name_or_path)
-    if release is not None and release.task != task:
+    if release is not None and release.task not in (task, *also):
         raise CheckpointError(f"--checkpoint {release.name} is a {release.task} model, not {task}")
     if release is not None:
         path, sha256 = fetch_weights(release, option="--checkpoint")  # verified in the cache
@@ -62,6 +65,7 @@ def resolve_checkpoint(name_or_path: str, task: str) -> tuple[Path, dict[str, An
     info: dict[str, Any] = {"path": str(path.resolve()), "sha256": sha256}
     if release is not None and release.checksum and path.name == release.file:
         info |= {"verified": True, "released": release.name, "published": release.published, "source": release.source}
+        info["released_for"] = release.task  # the task its published numbers are of
     else:
         info |= {"verified": False, "why_unverified": "not a registered release: the user's own model"}
     return path, info, release

@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         print(list_backbones())
         return 0
     if args.list_tasks:
-        print("\n".join(f"{t.name:12s} {t.description}" for t in TASKS.values()))
+        width = max(len(name) for name in TASKS)
+        print("\n".join(f"{t.name:{width}s}  {t.description}" for t in TASKS.values()))
         return 0
     if args.list_configs:
         print(list_configs())

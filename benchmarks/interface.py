@@ -59,6 +59,9 @@ class Task(ABC):
     kind: ClassVar[Literal["transfer", "pretraining"]] = "transfer"  # pretraining runs feed --weights, not tables
     metrics: ClassVar[tuple[Metric, ...]]
     parity_references: ClassVar[tuple[str, ...]] = ()  # meta.json "reference" words of the fixtures it checks
+    trains: ClassVar[bool] = True  # False: the loaded model is evaluated as it is (k-NN, robustness)
+    needs_checkpoint: ClassVar[bool] = False  # True: only a whole fine-tuned model (--checkpoint) is evaluated
+    checkpoint_tasks: ClassVar[tuple[str, ...]] = ()  # other tasks whose released models it evaluates
 
     @abstractmethod
     def data_root(self, cfg: DictConfig, data_root: str | None, info: DistInfo) -> Path:

@@ -46,11 +46,13 @@ class BenchJob:
     (with its checkpoint) when Slurm signals a time limit or a preemption.
 
     ``checkpoint`` is submitit's hook: it returns the submission to requeue, the same argv. The
-    argv always carries ``--resume``, so a job that Slurm itself requeues (node failure) resumes too.
+    argv of a training run always carries ``--resume``, so a job that Slurm itself requeues (node failure)
+    resumes too; an evaluation (``--eval-only``, a dry run) is run again from its start.
     """
 
     def __init__(self, argv: list[str]):
-        self.argv = argv if "--resume" in argv else [*argv, "--resume"]
+        evaluates = any(flag in argv for flag in ("--eval-only", "--dry-run", "--visualize"))
+        self.argv = argv if "--resume" in argv or evaluates else [*argv, "--resume"]
 
     def __call__(self):
         import submitit  # only a Slurm job needs it

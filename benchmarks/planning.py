@@ -63,6 +63,7 @@ class Mode(enum.Enum):
     RESUME = "resume"  # continue a training run from its last checkpoint
     EVAL = "eval"  # evaluate a training run's last checkpoint
     EVAL_CHECKPOINT = "eval-checkpoint"  # evaluate a whole fine-tuned model (--checkpoint FILE|NAME)
+    FROZEN = "frozen"  # evaluate the pretrained backbone as loaded: a task that does not train (k-NN)
     DRY_RUN = "dry-run"  # build the model, load the weights, write the load report
     VISUALIZE = "visualize"  # a picture of the model's output
 
@@ -221,6 +222,7 @@ class Cell:
 
     task: str
     backbone: str
+    checkpoint: str | None = None  # a whole model to evaluate (a sweep of released models, MAE Table 13)
 
 
 def sweep_cells(args: argparse.Namespace) -> list[Cell]:
@@ -237,11 +239,14 @@ def sweep_cells(args: argparse.Namespace) -> list[Cell]:
                 f"sweep {table.path} lacks its grid: `sweep: backbones:` (a table) or `tasks:` and "
                 "`backbones:` (a plain grid)"
             )
-        tasks += [t for t in grid.get("tasks", [table.task]) if t not in tasks]
+        tasks += [t for t in grid.get("tasks", table.tasks) if t not in tasks]
         backbones += [b for b in grid["backbones"] if b not in backbones]
+        checkpoints = grid.get("checkpoints", {})  # backbone -> the released model evaluated for it
         if args.protocol is None:
             args.protocol = table.sweep_protocol
-    return [Cell(t, b) for t, b in itertools.product(tasks, backbones)]
+    else:
+        checkpoints = {}
+    return [Cell(t, b, checkpoints.get(b)) for t, b in itertools.product(tasks, backbones)]
 
 
 def cell_output_dir(root: str | None, cell: Cell, protocol: str, stamp: str, sweep: bool) -> str:
@@ -263,11 +268,14 @@ def plan_requests(args) -> list[Request]:
     cells = sweep_cells(args)
     if not cells:
         raise ConfigError("name --task and --backbone (or --sweep NAME; see --list-tasks, --list-backbones)")
-    sweep, stamp, mode = len(cells) > 1 or bool(args.sweep), timestamp(), mode_of(args)
+    sweep, stamp = len(cells) > 1 or bool(args.sweep), timestamp()
     requests = []
     for cell in cells:
         spec, task = get_spec(cell.backbone), get_task(cell.task)
         one = argparse.Namespace(**{**vars(args), "task": cell.task, "backbone": cell.backbone})
+        if cell.checkpoint:
+            one.checkpoint, one.eval_only = cell.checkpoint, True
+        mode = mode_of(one)
         cli_cfg, _ = resolve_config(one, task, spec)
         out = cell_output_dir(args.output_dir, cell, cli_cfg.get("protocol", "run"), stamp, sweep)
         if args.launcher == "slurm":  # a job's working directory is not always the submitter's
@@ -329,6 +337,13 @@ def run_checkpoint(request: Request) -> Path | None:
 def make_plan(request: Request, info: DistInfo) -> Plan:
     """Check every input of the command (raising a clear error) before anything is written."""
     args, task, spec, cfg, mode = request.args, request.task, request.spec, request.cfg, request.mode
+    if not task.trains and mode.trains:
+        if task.needs_checkpoint:
+            raise ConfigError(
+                f"{task.name} evaluates a fine-tuned model and trains nothing: pass --checkpoint FILE|NAME "
+                "(a released fine-tuned file, or a fine-tuning run's last_checkpoint.pth) with --eval-only"
+            )
+        mode = Mode.FROZEN  # --resume too (a requeued Slurm job): nothing to continue, the evaluation runs again
     if "train" in cfg:
         check_amp(cfg.train)
     batch = batch_plan(cfg.train, info.world_size) if mode.trains or mode is Mode.DRY_RUN else None
@@ -338,9 +353,11 @@ def make_plan(request: Request, info: DistInfo) -> Plan:
     if mode is Mode.RESUME and resume_from is None:
         mode = Mode.TRAIN  # nothing to continue yet (a job requeued before its first checkpoint): start
     checkpoint = (
-        on_local_main(lambda: resolve_checkpoint(args.checkpoint, task.name), info) if args.checkpoint else None
+        on_local_main(lambda: resolve_checkpoint(args.checkpoint, task.name, task.checkpoint_tasks), info)
+        if args.checkpoint
+        else None
     )
-    needs_backbone = mode is Mode.TRAIN or (mode is Mode.DRY_RUN and not args.checkpoint)
+    needs_backbone = mode in (Mode.TRAIN, Mode.FROZEN) or (mode is Mode.DRY_RUN and not args.checkpoint)
     if needs_backbone and spec.converter is not None:
         weights = on_local_main(lambda: resolve_weights(spec, args.weights), info)  # one download and hash a node
     else:

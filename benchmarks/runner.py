@@ -105,7 +105,7 @@ def load_model(plan: Plan, model, encoder, info: DistInfo) -> tuple[int | None, 
         model.load_state_dict(state["model"])
         iterations = state["iteration"]
         log.info("loaded %s (iteration %d)", plan.resume_from, iterations)
-    elif plan.mode in (Mode.TRAIN, Mode.DRY_RUN):
+    elif plan.mode in (Mode.TRAIN, Mode.FROZEN, Mode.DRY_RUN):
         report = load_pretrained(encoder, plan.spec, plan.args.weights, resolved=plan.weights)
         report.add_model(model, encoder)
     if report is not None:

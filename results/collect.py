@@ -104,7 +104,9 @@ def read_runs(runs_dir: Path) -> Runs:
         }
         numbers = {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
         checkpoint = record.get("checkpoint") or {}
-        if checkpoint.get("released"):  # a released model evaluated here: its own table, not a protocol cell
+        if checkpoint.get("released") and checkpoint.get("released_for", task) == task:
+            # a released model evaluated on its own task: its own table, not a protocol cell (robustness of a
+            # released IN-1K model is a Table 13 cell)
             meta |= {
                 "released": checkpoint["released"],
                 "published": checkpoint.get("published", {}),
@@ -175,8 +177,20 @@ def cell(mean, std, n) -> str:
 
 def paper_table(df: pd.DataFrame, paper: pd.DataFrame, table: PaperTable, with_paper: bool) -> pd.DataFrame:
     """Rows: pretraining; columns: metric × arch (ours, and with ``with_paper`` the paper's and Δ)."""
-    runs = table.runs(df)
-    ref = table.paper_rows(paper)
+    all_runs, all_ref, rows = table.runs(df), table.paper_rows(paper), {}
+    for task in table.tasks:  # one block of rows per task (MAE Table 6: per dataset)
+        runs = all_runs[all_runs.task == task] if len(all_runs) else all_runs
+        ref = all_ref[all_ref.task == task]
+        prefix = f"{task}: " if len(table.tasks) > 1 else ""
+        rows |= {prefix + name: row for name, row in paper_rows_of(runs, ref, table, with_paper).items()}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if len(out.columns):
+        out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
+
+
+def paper_rows_of(runs: pd.DataFrame, ref: pd.DataFrame, table: PaperTable, with_paper: bool) -> dict[str, dict]:
+    """One task's rows of a paper table: one per pretraining (and variant), ours beside the paper's."""
     pretrains = [p for p in ROW_ORDER if p in set(runs.pretrain) | set(ref.pretrain)]
     rows = {}
     for pre, variant in [(p, v) for p in pretrains for v in sorted(set(runs[runs.pretrain == p].variant)) or [""]]:
@@ -196,10 +210,7 @@ def paper_table(df: pd.DataFrame, paper: pd.DataFrame, table: PaperTable, with_p
                     row[(metric, short, "paper")] = f"{value:.1f} [{source}]" if len(match) else "–"
                     row[(metric, short, "Δ")] = f"{ours - value:+.1f}" if len(values) and len(match) else "–"
         rows[labelled(pre, variant) + (" †" if len(stand_in) else "")] = row
-    out = pd.DataFrame.from_dict(rows, orient="index")
-    if len(out.columns):
-        out.columns = pd.MultiIndex.from_tuples(out.columns)
-    return out
+    return rows
 
 
 def figure_table(df: pd.DataFrame, paper: pd.DataFrame, table: PaperTable) -> pd.DataFrame:

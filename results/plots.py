@@ -21,19 +21,25 @@ def plot_vs_paper(df: pd.DataFrame, paper: pd.DataFrame, out_dir: Path) -> list[
     written = []
     for table in paper_tables():
         runs = table.runs(df)
-        task, protocol, title = table.task, table.protocol, table.title
+        protocol, title = table.protocol, table.title
+        stem = table.task if len(table.tasks) == 1 else table.name
         if table.figure:
             written += plot_figure(runs, paper, table, out_dir)
             continue
         for metric in table.columns:
             if metric not in runs or runs[metric].dropna().empty:
                 continue
-            stats = runs.groupby(["pretrain", "arch"])[metric].agg(["mean", "std"]).fillna(0).reset_index()
-            labels = [f"{r.pretrain}\n{short_name(r.arch)}" for r in stats.itertuples()]
+            stats = runs.groupby(["task", "pretrain", "arch"])[metric].agg(["mean", "std"]).fillna(0).reset_index()
+            labels = [
+                f"{r.pretrain}\n{short_name(r.arch)}" + (f"\n{r.task}" if len(table.tasks) > 1 else "")
+                for r in stats.itertuples()
+            ]
             ref = table.paper_rows(paper)
             ref = ref[ref.metric == metric]
             ref_values = [
-                ref[(ref.pretrain == r.pretrain) & (ref.backbone == short_name(r.arch))].value.mean()
+                ref[
+                    (ref.task == r.task) & (ref.pretrain == r.pretrain) & (ref.backbone == short_name(r.arch))
+                ].value.mean()
                 for r in stats.itertuples()
             ]
             fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(labels)), 3.5))
@@ -44,7 +50,7 @@ def plot_vs_paper(df: pd.DataFrame, paper: pd.DataFrame, out_dir: Path) -> list[
             ax.set_ylabel(metric)
             ax.set_title(title, fontsize=9)
             ax.legend()
-            path = out_dir / f"{task}_{protocol}_{metric}.png"
+            path = out_dir / f"{stem}_{protocol}_{metric}.png"
             fig.tight_layout()
             fig.savefig(path, dpi=120)
             plt.close(fig)

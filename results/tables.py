@@ -36,11 +36,12 @@ class TableError(ValueError):
 
 @dataclass(frozen=True)
 class PaperTable:
-    """One paper table: rows are pretrainings, columns ``columns`` × ``archs`` (the papers' ViT-B / ViT-L)."""
+    """One paper table: rows are pretrainings, columns ``columns`` × ``archs`` (the papers' ViT-B / ViT-L).
+    A table of several tasks (``task: [a, b]``, MAE Table 6's datasets) has a row per task and pretraining."""
 
     name: str
     title: str
-    task: str
+    task: str | tuple[str, ...]
     protocol: str | None
     columns: tuple[str, ...]
     archs: tuple[str, ...]
@@ -51,6 +52,10 @@ class PaperTable:
     settings: dict = field(default_factory=dict)  # only runs with these settings (metrics.json "settings")
 
     @property
+    def tasks(self) -> tuple[str, ...]:
+        return (self.task,) if isinstance(self.task, str) else tuple(self.task)
+
+    @property
     def sweep_protocol(self) -> str:
         return self.sweep.get("protocol", self.protocol)
 
@@ -59,7 +64,7 @@ class PaperTable:
         if df.empty:
             return df
         shorts = df.arch.map(table_arch)
-        keep = (df.task == self.task) & (df.protocol == self.protocol) & shorts.isin(self.archs)
+        keep = df.task.isin(self.tasks) & (df.protocol == self.protocol) & shorts.isin(self.archs)
         for key, value in self.settings.items():
             column = df.get(f"setting.{key}", pd.Series(None, index=df.index, dtype=object))
             keep &= column.isna() if value is None else column == value
@@ -67,7 +72,7 @@ class PaperTable:
 
     def paper_rows(self, paper: pd.DataFrame) -> pd.DataFrame:
         protocols = list(self.figure.get("published_x", {})) or [self.published.get("protocol", self.protocol)]
-        return paper[(paper.task == self.task) & paper.protocol.isin(protocols)]
+        return paper[paper.task.isin(self.tasks) & paper.protocol.isin(protocols)]
 
 
 def read_table(path: Path) -> PaperTable:
@@ -84,7 +89,7 @@ def read_table(path: Path) -> PaperTable:
     return PaperTable(
         path.stem,
         data["title"],
-        data["task"],
+        data["task"] if isinstance(data["task"], str) else tuple(data["task"]),
         data["protocol"],
         tuple(data["columns"]),
         tuple(data["archs"]),

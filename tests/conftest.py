@@ -3,6 +3,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 RUN_BENCH = str(ROOT / "run_bench.py")  # tests run it from their scratch folder, never from the checkout
 sys.path.insert(0, str(ROOT))
@@ -21,14 +23,21 @@ def project_files() -> set[Path]:
 
 
 def pytest_sessionstart(session):
-    """Tests run from a scratch folder, so relative paths (runs/, datasets/) never land in the checkout."""
     session.config._files_before = project_files()
-    session.config._cwd = os.getcwd()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def scratch_folder():
+    """Tests run from a scratch folder, so relative paths (runs/, datasets/) never land in the checkout.
+    Entered after collection (a fixture, not the session start), so that pytest-xdist's workers collect
+    ``tests/`` from the checkout first."""
+    cwd = os.getcwd()
     os.chdir(tempfile.mkdtemp(prefix="bench-tests-"))
+    yield
+    os.chdir(cwd)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    os.chdir(session.config._cwd)
     new = sorted(project_files() - session.config._files_before)
     if new:
         shown = "\n  ".join(str(p.relative_to(ROOT)) for p in new[:10])

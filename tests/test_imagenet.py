@@ -30,9 +30,9 @@ from benchmarks.common.classification import (
     normalize,
     posterize_keeping_zero_bits,
 )
+from benchmarks.common.classification_task import load_mae_classifier
 from benchmarks.common.datasets import DatasetError
 from benchmarks.common.imagenet import ImageNet, imagenet_classes
-from benchmarks.common.imagenet_task import load_mae_classifier
 from benchmarks.config import CONFIG_DIR, load_config
 
 FIXTURE = ROOT.parent / "shared" / "reference" / "parity" / "mae_classification"
@@ -276,8 +276,8 @@ def run_bench(*args):
     return proc
 
 
-@pytest.mark.parametrize("task", ["in1k_finetune", "in1k_linprobe"])
-def test_the_cpu_presets_train_and_evaluate(tmp_path, task):
+@pytest.mark.parametrize("task", ["in1k_finetune", "in1k_linprobe", "inat2018_finetune", "places365_finetune"])
+def test_the_cpu_presets_train_and_evaluate(tmp_path, task):  # the transfer presets: their dataset's own layout
     out = tmp_path / "run"
     run_bench(
         "--task",

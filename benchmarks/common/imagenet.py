@@ -18,12 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image
-
 from .datasets import DatasetError
-from .serialized import SerializedList
+from .labelled_images import SUFFIXES, LabelledImages, Samples, class_folders, images_in
 
 IMAGENET_HELP = """expected ImageNet under {root}:
   train/<wnid>/*.JPEG
@@ -31,16 +27,7 @@ IMAGENET_HELP = """expected ImageNet under {root}:
 Get ILSVRC2012_img_train.tar, ILSVRC2012_img_val.tar and ILSVRC2012_devkit_t12.tar.gz from
 https://image-net.org/ (registration needed), unpack train into one folder per class, and pass the
 folder holding train/ and val/ with --data-root (or set $IMAGENET_ROOT)."""
-SUFFIXES = (".jpeg", ".jpg", ".png")
 DEVKIT = "ILSVRC2012_devkit_t12"
-
-
-def class_folders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-
-
-def images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in SUFFIXES and p.is_file())
 
 
 def devkit_wnids(root: Path) -> dict[int, str]:
@@ -87,40 +74,31 @@ def imagenet_classes(root: Path) -> list[str]:
     return classes
 
 
-class ImageNet(torch.utils.data.Dataset):
+def imagenet_samples(root: Path, split: str, classes: list[str] | None = None) -> tuple[Samples, list[str]]:
+    """``root/<split>``: class folders (``<wnid>/``), or the flat validation archive labelled by the devkit."""
+    root = Path(root)
+    classes = classes or imagenet_classes(root)
+    folder = root / split
+    if not folder.is_dir():
+        raise DatasetError(f"missing: {folder}\n" + IMAGENET_HELP.format(root=root))
+    if class_folders(folder):
+        unknown = sorted(set(class_folders(folder)) - set(classes))
+        if unknown:
+            raise DatasetError(f"{folder} has class folders the training set lacks: {unknown[:5]}")
+        index = {wnid: i for i, wnid in enumerate(classes)}
+        samples = [(str(p), index[wnid]) for wnid in class_folders(folder) for p in images_in(folder / wnid)]
+    else:
+        images = images_in(folder)
+        samples = list(zip(map(str, images), flat_val_labels(root, images, classes), strict=True))
+    if not samples:
+        raise DatasetError(f"no images ({', '.join(SUFFIXES)}) in {folder}")
+    return samples, classes
+
+
+class ImageNet(LabelledImages):
     """One split as ``(image, class index)``: ``transform`` takes the PIL RGB image (and returns a tensor)."""
 
     def __init__(self, root: str | Path, split: str, transform=None, classes: list[str] | None = None):
-        self.root, self.split, self.transform = Path(root), split, transform
-        self.classes = classes or imagenet_classes(self.root)
-        folder = self.root / split
-        if not folder.is_dir():
-            raise DatasetError(f"missing: {folder}\n" + IMAGENET_HELP.format(root=self.root))
-        if class_folders(folder):
-            unknown = sorted(set(class_folders(folder)) - set(self.classes))
-            if unknown:
-                raise DatasetError(f"{folder} has class folders the training set lacks: {unknown[:5]}")
-            index = {wnid: i for i, wnid in enumerate(self.classes)}
-            pairs = [(str(p), index[wnid]) for wnid in class_folders(folder) for p in images_in(folder / wnid)]
-        else:
-            images = images_in(folder)
-            pairs = list(zip(map(str, images), flat_val_labels(self.root, images, self.classes), strict=True))
-        if not pairs:
-            raise DatasetError(f"no images ({', '.join(SUFFIXES)}) in {folder}")
-        self.samples = SerializedList(pairs)  # shared by forked loader workers, not copied (serialized.py)
-        self.targets = np.array([label for _, label in pairs], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def read(self, index: int) -> Image.Image:
-        path, _ = self.samples[index]
-        try:
-            with Image.open(path) as image:
-                return image.convert("RGB")
-        except OSError as err:
-            raise DatasetError(f"cannot read image {path}: {err}; remove or replace the file") from err
-
-    def __getitem__(self, index: int):
-        image = self.read(index)
-        return (self.transform(image) if self.transform is not None else image), int(self.targets[index])
+        self.root, self.split = Path(root), split
+        samples, classes = imagenet_samples(self.root, split, classes)
+        super().__init__(samples, classes, transform, str(self.root / split))

@@ -57,7 +57,8 @@ class Step:
             record.write_text(json.dumps(self.argv))
 
     def command(self) -> list[str]:
-        resume = ["--resume"] if (self.folder / "last_checkpoint.pth").exists() else []
+        started = any((self.folder / name).exists() for name in ("last_checkpoint.pth", "train_log.jsonl"))
+        resume = ["--resume"] if started else []  # killed before its first checkpoint: --resume starts it afresh
         return [sys.executable, "-m", "benchmarks.cli", "--output-dir", str(self.folder), *resume, *self.argv]
 
 

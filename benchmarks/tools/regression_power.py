@@ -32,10 +32,11 @@ CHANGES = Path(str(files("configs"))) / "regression_power.yaml"
 
 
 @contextmanager
-def patched_tree(patch: dict | None):
+def patched_tree(patch: dict | list[dict] | None):
     """The source tree to run from: this one, or a throw-away worktree of HEAD plus the working tree's
-    diff, with ``patch['old']`` replaced by ``patch['new']`` (exactly once) in ``patch['file']``."""
-    if patch is None:
+    diff, with ``patch['old']`` replaced by ``patch['new']`` (exactly once) in ``patch['file']``, for each
+    patch of a list."""
+    if not patch:
         yield ROOT
         return
     with tempfile.TemporaryDirectory(prefix="power-") as tmp:
@@ -55,14 +56,20 @@ def patched_tree(patch: dict | None):
             ).stdout.split():
                 (tree / path).parent.mkdir(parents=True, exist_ok=True)
                 (tree / path).write_bytes((ROOT / path).read_bytes())
-            target = tree / patch["file"]
-            text = target.read_text()
-            if text.count(patch["old"]) != 1:
-                raise SystemExit(f"patch of {patch['file']}: {patch['old']!r} occurs {text.count(patch['old'])} times")
-            target.write_text(text.replace(patch["old"], patch["new"]))
+            for one in patches(patch):
+                target = tree / one["file"]
+                text = target.read_text()
+                if text.count(one["old"]) != 1:
+                    raise SystemExit(f"patch of {one['file']}: {one['old']!r} occurs {text.count(one['old'])} times")
+                target.write_text(text.replace(one["old"], one["new"]))
             yield tree
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+def patches(patch: dict | list[dict] | None) -> list[dict]:
+    """A change's ``patch``: one ``{file, old, new}`` or a list of them."""
+    return [] if not patch else [patch] if isinstance(patch, dict) else list(patch)
 
 
 def run_change(change: dict, out: Path, s: dict, baseline: dict) -> dict:

@@ -22,7 +22,7 @@ from backbones.checkpoint_io import file_digest, read_checkpoint
 from backbones.vit import VisionTransformer
 
 from ...common.classification import ViTClassifier, eval_transform, normalize
-from ...common.imagenet_task import load_mae_classifier
+from ...common.classification_task import load_mae_classifier
 from ...common.parity import FixtureError, Stage, data_folders, dense, find_source_image, read_outputs
 from ...config import apply_overrides, load_config, protocol_config_path
 from ...engine.optim import build_optimizer, param_groups

@@ -4,11 +4,11 @@ ImageNet-1K with MAE's recipe: global pooling + ``fc_norm``, RandAugment, random
 from __future__ import annotations
 
 from ...common.classification import DeviceAugment, finetune_train_transform, freeze_all_but_the_last_blocks
-from ...common.imagenet_task import ImageNetClassification
+from ...common.classification_task import ClassificationTask
 from .parity import mae_classification_stages
 
 
-class ImageNetFineTuning(ImageNetClassification):
+class ImageNetFineTuning(ClassificationTask):
     name = "in1k_finetune"
     default_protocol = "finetune"
     description = "ImageNet-1K fine-tuning (MAE recipe; partial with model.finetune_blocks), top-1 / top-5"

@@ -4,10 +4,10 @@ after the final norm, BatchNorm1d(affine=False) + Linear, LARS, the single-draw 
 from __future__ import annotations
 
 from ...common.classification import eval_batch, linprobe_train_transform
-from ...common.imagenet_task import ImageNetClassification
+from ...common.classification_task import ClassificationTask
 
 
-class ImageNetLinearProbe(ImageNetClassification):
+class ImageNetLinearProbe(ClassificationTask):
     name = "in1k_linprobe"
     default_protocol = "linprobe"
     description = "ImageNet-1K linear probing of a frozen ViT (MAE recipe: BN + linear head, LARS), top-1 / top-5"

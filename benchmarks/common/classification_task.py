@@ -1,6 +1,7 @@
-"""What the ImageNet tasks share (``in1k_finetune``, ``in1k_linprobe``): the data root, the dataset, the model
-from the backbone, the top-1 / top-5 evaluation, the MAE repo's classifier files. Each task says its head
-(``pool``), its training view and its device-side batch transform."""
+"""What the classification tasks share (ImageNet fine-tuning and probing, the transfer datasets, robustness,
+k-NN): the data root and dataset of ``data.image_set`` (``image_sets.py``), the model from the backbone, the
+top-1 / top-5 evaluation, the MAE repo's classifier files. Each task says its head (``pool``), its training
+view and its device-side batch transform."""
 
 from __future__ import annotations
 
@@ -22,17 +23,21 @@ from .classification import (
     top_k_correct,
 )
 from .datasets import DatasetError, dataset_root
-from .imagenet import ImageNet, imagenet_classes
-from .synthetic_imagenet import write_synthetic_imagenet
+from .image_sets import ImageSet, image_set
+from .synthetic_layouts import write_synthetic
 
 log = logging.getLogger("bench")
 
 
-def check_imagenet(root: Path, cfg_data) -> None:
-    imagenet_classes(root)
-    for split in (cfg_data.train_split, cfg_data.test_split):
-        if not (root / split).is_dir():
-            raise DatasetError(f"missing: {root / split} (ImageNet layout: {root}/train/<wnid>/, {root}/val/)")
+def check_splits(image_set: ImageSet, root: Path, cfg_data) -> None:
+    """The classes and the test split can be read before a run starts (the training split is read by the plan);
+    a clear error naming the file otherwise."""
+    if not root.is_dir():
+        raise DatasetError(
+            f"missing: {root} ({image_set.name}); pass --data-root DIR or set ${image_set.env} (README, Datasets)"
+        )
+    image_set.classes(root)
+    image_set.read(root, cfg_data.test_split)
 
 
 class TopKEvaluator(Evaluator):
@@ -40,9 +45,9 @@ class TopKEvaluator(Evaluator):
 
     collate = staticmethod(collate_classification)
 
-    def __init__(self, cfg, root: Path, classes: list[str]):
-        self.dataset = ImageNet(root, cfg.data.test_split, eval_transform(cfg.data.input_size), classes)
-        self.batch_size, self.counts, self.split = cfg.test.images_per_batch, [0, 0], cfg.data.test_split
+    def __init__(self, cfg, dataset):
+        self.dataset = dataset
+        self.batch_size, self.counts = cfg.test.images_per_batch, [0, 0]
 
     def process(self, model, images, labels) -> None:
         device = next(model.parameters()).device
@@ -55,30 +60,36 @@ class TopKEvaluator(Evaluator):
     def summarize(self, results: list[list[int]], out_dir: Path) -> dict:
         n = len(self.dataset)
         top1, top5 = (100.0 * sum(r[i] for r in results) / n for i in (0, 1))
-        log.info("ImageNet %s: top-1 %.3f  top-5 %.3f  (%d images)", self.split, top1, top5, n)
+        log.info("%s: top-1 %.3f  top-5 %.3f  (%d images)", self.dataset.source, top1, top5, n)
         return {"top1": top1, "top5": top5}
 
 
-class ImageNetClassification(Task):
-    """An ImageNet-layout classification task; subclasses name the head, the training view and transform."""
+class ClassificationTask(Task):
+    """A classification task on ``data.image_set`` (ImageNet unless a config says otherwise); subclasses name the
+    head, the training view and the batch transform."""
 
     metrics = (Metric("top1", "top-1"), Metric("top5", "top-5", headline=False))
     pool: str
 
+    def image_set(self, cfg) -> ImageSet:
+        return image_set(cfg.data.get("image_set", "imagenet"))
+
     def data_root(self, cfg, data_root: str | None, info: DistInfo) -> Path:
-        """``--data-root`` wins; else the preset's: ImageNet ($IMAGENET_ROOT, datasets/imagenet) or synthetic."""
+        """``--data-root`` wins; else the preset's: the dataset (its $..._ROOT, datasets/<name>) or a synthetic
+        set written in the dataset's own layout (so that the preset reads it with the real reader)."""
+        images = self.image_set(cfg)
         return dataset_root(
             cfg.data,
             data_root,
             info,
-            "IMAGENET_ROOT",
-            "datasets/imagenet",
-            write_synthetic_imagenet,
-            lambda root: check_imagenet(root, cfg.data),
+            images.env,
+            images.default_root,
+            lambda root, *counts: write_synthetic(images.name, root, *counts),
+            lambda root: check_splits(images, root, cfg.data),
         )
 
     def classes(self, cfg, root: Path | None) -> list[str] | None:
-        return imagenet_classes(root) if root is not None else None
+        return self.image_set(cfg).classes(root) if root is not None else None
 
     def build_model(self, cfg, encoder, root: Path | None = None) -> ViTClassifier:
         classes = self.classes(cfg, root)
@@ -91,11 +102,15 @@ class ImageNetClassification(Task):
     def train_view(self, cfg):
         raise NotImplementedError
 
-    def train_dataset(self, cfg, root: Path) -> ImageNet:
-        return ImageNet(root, cfg.data.train_split, self.train_view(cfg))
+    def train_dataset(self, cfg, root: Path):
+        return self.image_set(cfg).dataset(root, cfg.data.train_split, self.train_view(cfg))
+
+    def test_dataset(self, cfg, root: Path):
+        view = eval_transform(cfg.data.input_size)
+        return self.image_set(cfg).dataset(root, cfg.data.test_split, view, self.classes(cfg, root))
 
     def evaluator(self, cfg, root: Path) -> TopKEvaluator:
-        return TopKEvaluator(cfg, root, self.classes(cfg, root))
+        return TopKEvaluator(cfg, self.test_dataset(cfg, root))
 
     def load_foreign_checkpoint(self, model, obj, cfg, report, path) -> str | None:
         """A MAE-repo classifier file (``load_mae_classifier``)."""
