@@ -358,3 +358,19 @@ def test_against_paper_uses_published_seed_spread_where_there_is_one(tmp_path, c
     assert "mae vit_b top1: 83.20 (n=1) vs published 83.6 - 3.0 x 0.08 = 83.36" in err
     assert "mae vit_b box_AP: not checked, MAE Table 4 publishes no seed spread" in err
     assert main([str(r), "--against", "paper", "--k", "5", "--out", str(tmp_path / "t")]) == 0
+
+
+def test_robustness_of_a_released_in1k_model_is_a_table13_cell_not_a_released_row(tmp_path):
+    released = {"released": "mae_finetuned_vit_large", "published": {"top1": 85.952}, "source": "MAE FINETUNE.md"}
+    for name, task, metrics, released_for in (
+        ("rob", "in1k_robustness", {"in1k_a_top1": 56.3, "in1k_c_mCE": 42.0}, "in1k_finetune"),
+        ("ft", "in1k_finetune", {"top1": 85.9}, "in1k_finetune"),
+    ):
+        protocol = "robustness" if task == "in1k_robustness" else "finetune"
+        folder = write_run(tmp_path, name, task, "mae_vit_l", "vit_large", "mae", protocol, metrics)
+        record = json.loads((folder / "metrics.json").read_text())
+        record["checkpoint"] = {**released, "released_for": released_for}
+        (folder / "metrics.json").write_text(json.dumps(record))
+    df = read_runs(tmp_path).df.set_index("task")
+    assert df.loc["in1k_robustness", "protocol"] == "robustness"  # its own task's cell (Table 13)
+    assert df.loc["in1k_finetune", "protocol"] == "released"  # evaluated on the task it was released for
