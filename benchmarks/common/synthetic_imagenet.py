@@ -31,12 +31,19 @@ def make_image(rng: np.random.Generator, cat: int, size_range=(96, 192)) -> Imag
     return img
 
 
-def write_synthetic_imagenet(root: Path, num_train: int, num_val: int, seed: int) -> None:
-    """``num_train`` / ``num_val`` images per split, the classes in turn (a balanced set)."""
+def synthetic_items(num_train: int, num_val: int, seed: int):
+    """``(split, i, class index, PIL image)``: ``num_train`` / ``num_val`` images per split, the classes in turn
+    (a balanced set); every layout (``synthetic_layouts.py``) writes these same images."""
     for split, count, offset in (("train", num_train, 0), ("val", num_val, 1)):
         rng = np.random.default_rng(seed * 2 + offset)
         for i in range(count):
             k = i % len(CATEGORIES)
-            folder = Path(root) / split / WNIDS[k]
-            folder.mkdir(parents=True, exist_ok=True)
-            make_image(rng, CATEGORIES[k]["id"]).save(folder / f"{split}_{i:06d}.JPEG", quality=90)
+            yield split, i, k, make_image(rng, CATEGORIES[k]["id"])
+
+
+def write_synthetic_imagenet(root: Path, num_train: int, num_val: int, seed: int) -> None:
+    """The synthetic set in the ImageNet layout: ``<split>/<wnid>/<split>_<i>.JPEG``."""
+    for split, i, k, image in synthetic_items(num_train, num_val, seed):
+        folder = Path(root) / split / WNIDS[k]
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"{split}_{i:06d}.JPEG", quality=90)

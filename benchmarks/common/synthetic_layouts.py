@@ -11,22 +11,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from .image_sets import INAT_IMAGES
 from .synthetic_coco import CATEGORIES
-from .synthetic_imagenet import make_image, write_synthetic_imagenet
+from .synthetic_imagenet import synthetic_items, write_synthetic_imagenet
 
 SHAPES = [c["name"].replace(" ", "_") for c in CATEGORIES]
-
-
-def synthetic_items(num_train: int, num_val: int, seed: int):
-    """``(split, i, class index, PIL image)`` for a balanced set, the classes in turn (as the ImageNet set)."""
-    for split, count, offset in (("train", num_train, 0), ("val", num_val, 1)):
-        rng = np.random.default_rng(seed * 2 + offset)
-        for i in range(count):
-            k = i % len(CATEGORIES)
-            yield split, i, k, make_image(rng, CATEGORIES[k]["id"])
 
 
 def write_inat(root: Path, year: int, num_train: int, num_val: int, seed: int) -> None:

@@ -17,8 +17,14 @@ from torchvision import transforms
 from ...common.classification import eval_transform, normalize
 from ...common.classification_task import ClassificationTask
 from ...common.datasets import DatasetError, resolve_root
-from ...common.image_sets import CORRUPTIONS, LabelledImages, imagenet_wnids, read_imagenet_c, read_imagenet_variant
-from ...common.image_sets import subset_indices as timm_subset_indices
+from ...common.image_sets import (
+    CORRUPTIONS,
+    LabelledImages,
+    imagenet_wnids,
+    read_imagenet_c,
+    read_imagenet_variant,
+    subset_indices,
+)
 from ...engine.evaluation import Evaluator
 from ...interface import Metric
 from .robustness import corruption_errors, masked_prediction, mean_corruption_error
@@ -66,17 +72,19 @@ class RobustnessEvaluator(Evaluator):
         if unknown:
             raise DatasetError(f"robustness.sets: unknown {unknown}; choose from {[*VARIANTS, 'c']}")
         wnids, view = imagenet_wnids(), eval_transform(cfg.data.input_size)
-        self.names: list[str] = []
+        self.names: list[str] = []  # per tag: "a", "r", "sketch", "c/<corruption>/<severity>"
         self.masks: list[torch.Tensor | None] = []
+        self.corruption_of: dict[int, tuple[str, int]] = {}  # tag -> (corruption, severity)
         parts = []
         for name in (v for v in VARIANTS if v in r.sets):
             samples = read_imagenet_variant(root, name)
             parts.append(LabelledImages(samples, wnids, view, f"{root} (ImageNet-{name})"))
             self.names.append(name)
-            self.masks.append(torch.tensor(timm_subset_indices(name)) if name in ("a", "r") else None)
+            self.masks.append(torch.tensor(subset_indices(name)) if name in ("a", "r") else None)
         if "c" in r.sets:
             for (corruption, severity), samples in read_imagenet_c(root, r.corruptions, r.severities).items():
                 parts.append(LabelledImages(samples, wnids, c_view(cfg), f"{root} (ImageNet-C {corruption})"))
+                self.corruption_of[len(self.names)] = (corruption, severity)
                 self.names.append(f"c/{corruption}/{severity}")
                 self.masks.append(None)
         self.dataset = torch.utils.data.ConcatDataset([Tagged(d, tag) for tag, d in enumerate(parts)])
@@ -102,11 +110,7 @@ class RobustnessEvaluator(Evaluator):
         counts = sum(results)
         accuracy = {name: 100.0 * int(c[0]) / max(int(c[1]), 1) for name, c in zip(self.names, counts, strict=True)}
         metrics = {f"in1k_{name}_top1": accuracy[name] for name in VARIANTS if name in accuracy}
-        errors = {
-            (name.split("/")[1], int(name.split("/")[2])): 1 - accuracy[name] / 100
-            for name in self.names
-            if name.startswith("c/")
-        }
+        errors = {key: 1 - accuracy[self.names[tag]] / 100 for tag, key in self.corruption_of.items()}
         if errors:
             ce = corruption_errors(errors, self.alexnet)
             metrics["in1k_c_mCE"] = mean_corruption_error(ce)
