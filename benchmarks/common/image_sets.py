@@ -86,7 +86,7 @@ def read_json(path: Path, fix: str) -> dict:
         raise DatasetError(f"{path} is not valid JSON ({err}); download it again. {fix}") from err
 
 
-@functools.lru_cache(maxsize=8)  # the model, the check and the evaluator ask; the train JSON is ~0.5 GB
+@functools.lru_cache(maxsize=8)  # the model, the check and the evaluator ask; the train JSON is large
 def inat_classes(root: Path, year: int) -> list[str]:
     """The category ids of ``train{year}.json`` in sorted order, as strings (class i is the i-th id)."""
     data = read_json(root / f"train{year}.json", INAT_HELP.format(year=year))
